@@ -1,0 +1,7 @@
+"""Allow `python -m mlsim`."""
+
+import sys
+
+from mlsim.cli import main
+
+sys.exit(main())

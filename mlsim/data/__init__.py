@@ -1,0 +1,5 @@
+"""Labelled structures: containers, file formats, sampling and reference labelling."""
+
+from mlsim.data._structure import Structure
+
+__all__ = ["Structure"]

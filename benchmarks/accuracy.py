@@ -1,0 +1,14 @@
+"""Accuracy vs the DFT test set (ethanol): mlsim model, GFN2-xTB, MMFF94, UFF; parity plots.
+
+Usage: python benchmarks/accuracy.py [--quick] [other `mlsim bench` options]. Writes
+benchmarks/results/accuracy.json (and the collected report.md / report.json) and prints the report.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from mlsim.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["bench", "--only", "accuracy", "--print", *sys.argv[1:]]))

@@ -1,0 +1,14 @@
+"""Rebuild benchmarks/results/report.md/.json from the JSON files present (runs nothing).
+
+Usage: python benchmarks/report.py [--quick] [other `mlsim bench` options]. Writes
+benchmarks/results/report.json (and the collected report.md / report.json) and prints the report.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from mlsim.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["bench", "--only", "report", "--print", *sys.argv[1:]]))

@@ -1,0 +1,239 @@
+"""Render the benchmark report: own sections as fixed tables, peers' JSON files as generic tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mlsim import units
+
+__all__ = ["PEER_BENCHMARKS", "collect_peer", "render_markdown"]
+
+# The other benchmarks in benchmarks/, collected into the report when their JSON exists.
+PEER_BENCHMARKS = {
+    "neighbor_list": "Neighbor list speed",
+    "training": "Training speed",
+    "md_speed": "Model evaluation / MD speed",
+    "propagator": "Learned propagator",
+    "analysis": "Analysis",
+}
+_MAX_ROWS = 40
+
+
+def _fmt(v: Any) -> str:
+    """Format a table cell: 4 significant digits for floats, plain text otherwise."""
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, float):
+        if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+            return f"{v:.3e}"
+        return f"{v:.4g}"
+    if isinstance(v, (list, dict)):
+        text = json.dumps(v)
+        return text if len(text) <= 60 else text[:57] + "..."
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    """Return a markdown table."""
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows[:_MAX_ROWS]]
+    if len(rows) > _MAX_ROWS:
+        out.append(
+            f"| ... {len(rows) - _MAX_ROWS} more rows in the JSON |" + " |" * (len(header) - 1)
+        )
+    return out
+
+
+def _status_line(section: dict[str, Any] | None, what: str) -> list[str] | None:
+    """Return a one-line 'not run' / 'skipped: reason' paragraph, or None when the section ran."""
+    if section is None:
+        return [f"_not run_ ({what} missing)", ""]
+    if section.get("status") != "ok":
+        return [
+            f"_{section.get('status', 'skipped')}: {section.get('reason', 'no reason given')}_",
+            "",
+        ]
+    return None
+
+
+def _is_scalar(v: Any) -> bool:
+    """True for JSON scalars."""
+    return v is None or isinstance(v, (str, int, float, bool))
+
+
+def _generic(data: Any, title: str = "") -> list[str]:
+    """Render an arbitrary JSON document: scalars as a key/value table, record lists as tables."""
+    out: list[str] = []
+    if isinstance(data, list):
+        if data and all(isinstance(r, dict) for r in data):
+            keys: list[str] = []
+            for r in data:
+                keys += [k for k in r if k not in keys and _is_scalar(r[k])]
+            return out + _table(keys, [[r.get(k, "") for k in keys] for r in data]) + [""]
+        return out + [f"`{_fmt(data)}`", ""]
+    if not isinstance(data, dict):
+        return [f"{title}: {_fmt(data)}", ""]
+    scalars = [[k, v] for k, v in data.items() if _is_scalar(v)]
+    if scalars:
+        out += _table(["key", "value"], scalars) + [""]
+    for k, v in data.items():
+        if _is_scalar(v):
+            continue
+        name = f"{title}.{k}" if title else k
+        if isinstance(v, dict) and v and all(isinstance(x, dict) for x in v.values()):
+            # a dict of records, e.g. {"vesin": {...}, "mlsim": {...}}: one row per entry
+            keys: list[str] = []
+            for r in v.values():
+                keys += [c for c in r if c not in keys and _is_scalar(r[c])]
+            out += [f"**{name}**", ""]
+            out += _table(
+                ["name"] + keys, [[rk] + [r.get(c, "") for c in keys] for rk, r in v.items()]
+            )
+            out.append("")
+        else:
+            out += [f"**{name}**", ""] + _generic(v, name)
+    return out
+
+
+def collect_peer(results_dir: Path, name: str) -> dict[str, Any] | None:
+    """Load benchmarks/results/<name>.json, or None when that benchmark has not been run."""
+    path = results_dir / f"{name}.json"
+    if not path.exists():
+        return None
+    try:
+        return {"status": "ok", "path": str(path), "data": json.loads(path.read_text())}
+    except (OSError, json.JSONDecodeError) as exc:
+        return {"status": "failed", "reason": f"could not read {path}: {exc}"}
+
+
+def _accuracy_md(sec: dict[str, Any] | None) -> list[str]:
+    """Accuracy section: one row per method, conformer-relative energy and force errors."""
+    out = ["## Accuracy vs the reference (held-out ethanol)", ""]
+    status = _status_line(sec, "accuracy.json")
+    if status:
+        return out + status
+    kcal = units.KCAL_PER_MOL_PER_EV
+    out += [
+        f"Reference: **{sec['reference']}**, {sec['n_structures']} structures of {sec['n_atoms']} atoms"
+        f" (`{sec.get('test_set', '?')}`). Energies are conformer-relative: each method's mean offset"
+        " from the reference is removed before the errors are taken. For scale, the spread of the"
+        f" reference itself is {sec['energy_std_ev'] * kcal:.2f} kcal/mol (energy std) and"
+        f" {sec['force_std_ev_per_a'] * 1000:.0f} meV/Å (force component std).",
+        "",
+    ]
+    rows, notes = [], []
+    for key, m in sec["methods"].items():
+        if m.get("status") != "ok":
+            notes.append(f"- {m.get('label', key)}: {m.get('status')}: {m.get('reason')}")
+            continue
+        e, f = m["energy_ev"], m["forces_ev_per_a"]
+        rows.append(
+            [
+                m["label"],
+                e["mae"] * kcal,
+                e["rmse"] * kcal,
+                e["mae"] * 1000,
+                f["mae"] * 1000,
+                f["rmse"] * 1000,
+                f["mae"] * kcal,
+                f"[{m['plot']}]({m['plot']})",
+            ]
+        )
+        if m.get("notes"):
+            notes.append(f"- {m['label']}: {m['notes']}")
+    header = [
+        "method",
+        "E MAE (kcal/mol)",
+        "E RMSE (kcal/mol)",
+        "E MAE (meV)",
+        "F MAE (meV/Å)",
+        "F RMSE (meV/Å)",
+        "F MAE (kcal/mol/Å)",
+        "parity plot",
+    ]
+    out += _table(header, rows) + [""] + notes + [""]
+    return out
+
+
+def _cost_md(sec: dict[str, Any] | None) -> list[str]:
+    """Cost section: seconds per energy+force evaluation and ratio to the baseline."""
+    out = ["## Cost per energy+force evaluation", ""]
+    status = _status_line(sec, "cost.json")
+    if status:
+        return out + status
+    base = sec.get("baseline")
+    base_label = sec["methods"][base]["label"] if base else "none"
+    out += [
+        f"One molecule of {sec['n_atoms']} atoms, one call = energy + all forces, {sec.get('threads', '?')}"
+        f" thread(s), median over the timed calls. Ratio = time / time of **{base_label}**.",
+        "",
+    ]
+    rows, notes = [], []
+    for key, m in sec["methods"].items():
+        if m.get("status") != "ok":
+            notes.append(f"- {m.get('label', key)}: {m.get('status')}: {m.get('reason')}")
+            continue
+        rows.append(
+            [m["label"], m["seconds_per_eval"] * 1000, m.get("ratio_to_baseline", ""), m["n_evals"]]
+        )
+    out += _table(["method", "ms / eval", f"× {base or 'baseline'}", "calls timed"], rows)
+    return out + [""] + notes + [""]
+
+
+def _md_md(sec: dict[str, Any] | None) -> list[str]:
+    """OpenMM MD speed section."""
+    out = ["## OpenMM MD speed (alanine dipeptide)", ""]
+    status = _status_line(sec, "openmm_md.json")
+    if status:
+        return out + status
+    out += [
+        f"{sec['system']}, {sec['n_atoms']} atoms, vacuum, LangevinMiddleIntegrator 300 K.",
+        "",
+    ]
+    rows, notes = [], []
+    for key, r in sec["runs"].items():
+        if r.get("status") != "ok":
+            notes.append(f"- {r.get('label', key)}: {r.get('status')}: {r.get('reason')}")
+            continue
+        rows.append(
+            [
+                r["label"],
+                f"{r['platform']} ×{r['threads']}",
+                r["dt_fs"],
+                r["steps_per_s"],
+                r["ns_per_day"],
+                r["slowdown_vs_amber14_flexible"],
+            ]
+        )
+    header = ["potential", "platform", "dt (fs)", "steps/s", "ns/day", "× slower than Amber14 1 fs"]
+    out += _table(header, rows)
+    return out + [""] + notes + [""]
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """Return report.md for the collected report dictionary."""
+    env = report.get("env", {})
+    out = [
+        "# mlsim benchmark report",
+        "",
+        f"Generated {report.get('generated', '?')} by `mlsim bench`"
+        f"{' --quick (smoke run: tiny subsets, numbers not meaningful)' if report.get('quick') else ''}.",
+        "",
+        f"Machine: {env.get('cpu', '?')}, {env.get('cores', '?')} cores; benchmark threads: "
+        f"{env.get('threads', '?')}. Versions: "
+        + ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items()),
+        "",
+    ]
+    sections = report.get("sections", {})
+    out += _accuracy_md(sections.get("accuracy"))
+    out += _cost_md(sections.get("cost"))
+    out += _md_md(sections.get("openmm_md"))
+    out += ["## Collected from the other benchmarks", ""]
+    for name, title in PEER_BENCHMARKS.items():
+        out += [f"### {title} (`{name}.json`)", ""]
+        peer = sections.get(name)
+        status = _status_line(peer, f"benchmarks/results/{name}.json")
+        out += status if status else _generic(peer["data"])
+    return "\n".join(out).rstrip() + "\n"

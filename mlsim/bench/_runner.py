@@ -1,0 +1,296 @@
+"""`mlsim bench`: run accuracy, cost and MD-speed parts side by side, then collect one report."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mlsim.bench._methods import (
+    Method,
+    Skipped,
+    dft_method,
+    mlsim_method,
+    rdkit_method,
+    xtb_method,
+)
+from mlsim.data import Structure
+
+__all__ = ["PARTS", "BenchConfig", "find_test_set", "run_bench", "write_json"]
+
+PARTS = ("accuracy", "cost", "md")
+# File each part writes in the results folder.
+PART_FILES = {"accuracy": "accuracy", "cost": "cost", "md": "openmm_md"}
+EXAMPLES = Path("examples/ethanol")
+_DATA_SUFFIXES = {".xyz", ".extxyz", ".npz", ".h5", ".hdf5", ".traj", ".db"}
+
+
+@dataclass
+class BenchConfig:
+    """What `mlsim bench` runs and where it writes (defaults: the full < 30 min run)."""
+
+    quick: bool = False
+    only: tuple[str, ...] = PARTS
+    out_dir: Path = Path("benchmarks/results")
+    peer_dir: Path = Path("benchmarks/results")
+    test_set: Path | None = None
+    model: Path = EXAMPLES / "model.pt"
+    threads: int = 1
+    max_structures: int | None = None
+    progress: bool = True
+    env: dict[str, Any] = field(default_factory=dict)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temp file in the same folder, then os.replace)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _log(cfg: BenchConfig, msg: str) -> None:
+    """Progress line on stderr."""
+    if cfg.progress:
+        print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def _environment(threads: int) -> dict[str, Any]:
+    """Describe the machine and software versions the numbers were measured with."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for pkg in ("mlsim", "torch", "openmm", "openmmtorch", "rdkit", "tblite", "pyscf", "ase"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = "not installed"
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+def _set_threads(threads: int) -> None:
+    """Pin every back-end to the same thread count so cost ratios compare like with like."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # tblite (OpenMP), read when its runtime starts
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        from pyscf import lib
+
+        lib.num_threads(threads)
+    except ImportError:
+        pass
+
+
+def find_test_set(root: Path = EXAMPLES) -> Path | None:
+    """Return the held-out DFT-labelled ethanol test set under examples/ethanol, if it exists."""
+    if not root.is_dir():
+        return None
+    cands = [
+        p
+        for p in sorted(root.iterdir())
+        if p.is_file()
+        and p.suffix.lower() in _DATA_SUFFIXES
+        and "test" in p.name.lower()
+        and "xtb" not in p.name.lower()
+    ]
+    return cands[0] if cands else None
+
+
+def _structures(cfg: BenchConfig) -> tuple[list[Structure], str, str]:
+    """Return (labelled structures, reference label, source) for accuracy and cost.
+
+    Falls back to a synthetic xTB-labelled ethanol set in --quick mode (a smoke run must not need
+    the DFT set); a full run without the DFT set raises Skipped for the accuracy part.
+    """
+    from mlsim.bench._accuracy import load_structures, synthetic_ethanol
+
+    path = cfg.test_set or find_test_set()
+    limit = cfg.max_structures or (6 if cfg.quick else None)
+    if path is not None:
+        structures = load_structures(path)[:limit]
+        ref = str(
+            structures[0].info.get("method") or structures[0].info.get("level_of_theory") or ""
+        )
+        return structures, ref or "B3LYP/6-31G* (DFT)", str(path)
+    if not cfg.quick:
+        raise Skipped(
+            f"held-out DFT test set not found under {EXAMPLES} (give one with --test-set)"
+        )
+    xtb = xtb_method()
+    structures = []
+    for s in synthetic_ethanol(limit or 6, seed=0):
+        s.energy, s.forces = xtb.evaluate(s)
+        structures.append(s)
+    return structures, "GFN2-xTB (synthetic smoke set; DFT test set not found)", "synthetic"
+
+
+def _rdkit_template(structures: list[Structure]) -> Structure:
+    """Return the first structure whose bonds RDKit can perceive (heavily distorted frames may fail)."""
+    from mlsim.bench._methods import rdkit_molecule
+
+    last: Exception | None = None
+    for s in structures[:20]:
+        try:
+            rdkit_molecule(s)
+            return s
+        except ValueError as exc:
+            last = exc
+    raise Skipped(f"RDKit could not perceive the molecule's bonds: {last}")
+
+
+def _factories(cfg: BenchConfig, structures: list[Structure], with_dft: bool) -> dict[str, Any]:
+    """Return method factories in report order; each raises Skipped when it cannot run here."""
+
+    def rdkit(kind: str):
+        def make() -> Method:
+            return rdkit_method(kind, _rdkit_template(structures))
+
+        return make
+
+    def dft() -> Method:
+        if not with_dft:
+            raise Skipped("skipped in --quick (one DFT energy+gradient takes seconds)")
+        return dft_method()
+
+    return {
+        "mlsim": lambda: mlsim_method(cfg.model),
+        "xtb": xtb_method,
+        "mmff94": rdkit("MMFF94"),
+        "uff": rdkit("UFF"),
+        "gaff": _gaff_factory(structures),
+        "dft": dft,
+    }
+
+
+def _gaff_factory(structures: list[Structure]):
+    """GAFF via openmmforcefields needs antechamber (AmberTools) and the OpenFF toolkit."""
+
+    def make() -> Method:
+        raise Skipped(
+            "GAFF needs openmmforcefields' GAFFTemplateGenerator, which calls antechamber/sqm "
+            "(AmberTools) and the OpenFF toolkit for AM1-BCC charges; neither is on PyPI (conda-only)"
+        )
+
+    return make
+
+
+def _part_accuracy(cfg: BenchConfig) -> dict[str, Any]:
+    """Accuracy vs the reference labels for every method (DFT is the reference, not a contestant)."""
+    from mlsim.bench._accuracy import run_accuracy
+
+    structures, reference, source = _structures(cfg)
+    factories = _factories(cfg, structures, with_dft=False)
+    factories.pop("dft")  # DFT made the labels
+    sec = run_accuracy(structures, reference, factories, cfg.out_dir, progress=cfg.progress)
+    sec["test_set"] = source
+    return sec
+
+
+def _part_cost(cfg: BenchConfig) -> dict[str, Any]:
+    """Seconds per energy+force call per method, DFT included on 2 structures (full run only)."""
+    from mlsim.bench._cost import run_cost
+
+    try:
+        structures, _, source = _structures(cfg)
+    except Skipped:  # timing needs geometries only, not DFT labels
+        from mlsim.bench._accuracy import synthetic_ethanol
+
+        structures, source = synthetic_ethanol(3, seed=0), "synthetic ethanol geometries"
+    factories = _factories(cfg, structures, with_dft=not cfg.quick)
+    sec = run_cost(
+        factories,
+        structures[:3],
+        n_structures={"dft": 2},
+        min_seconds=0.2 if cfg.quick else 2.0,
+        progress=cfg.progress,
+    )
+    sec["structures"] = source
+    sec["threads"] = cfg.threads
+    return sec
+
+
+def _part_md(cfg: BenchConfig) -> dict[str, Any]:
+    """Amber14 vs mlsim TorchForce MD speed on alanine dipeptide."""
+    from mlsim.bench._md import run_openmm_md
+    from mlsim.bench._mlmd import ml_alanine_factory
+
+    return run_openmm_md(
+        ml_alanine_factory(cfg.quick, cfg.out_dir, cfg.progress),
+        threads=cfg.threads,
+        min_seconds=0.3 if cfg.quick else 5.0,
+        progress=cfg.progress,
+    )
+
+
+_PART_FUNCS = {"accuracy": _part_accuracy, "cost": _part_cost, "md": _part_md}
+
+
+def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+    """Run the selected parts, write their JSON, then write report.md and report.json; return the report."""
+    from mlsim.bench._report import PEER_BENCHMARKS, collect_peer, render_markdown
+
+    unknown = set(cfg.only) - set(PARTS) - {"report"}  # "report" alone: only re-collect
+    if unknown:
+        raise ValueError(
+            f"unknown benchmark part(s) {sorted(unknown)}; known: {[*PARTS, 'report']}"
+        )
+    if cfg.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {cfg.threads}")
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    _set_threads(cfg.threads)
+    env = _environment(cfg.threads)
+    for part in PARTS:
+        if part not in cfg.only:
+            continue
+        _log(cfg, f"{part} ...")
+        t0 = time.perf_counter()
+        try:
+            sec = {"status": "ok", **_PART_FUNCS[part](cfg)}
+        except Skipped as exc:
+            sec = {"status": "skipped", "reason": str(exc)}
+        sec.update(
+            name=PART_FILES[part], quick=cfg.quick, elapsed_s=time.perf_counter() - t0, env=env
+        )
+        write_json(cfg.out_dir / f"{PART_FILES[part]}.json", sec)
+        _log(cfg, f"{part}: {sec['status']} in {sec['elapsed_s']:.1f} s")
+    # The report is rebuilt from whatever JSON files exist, so `--only cost` keeps older accuracy.
+    sections: dict[str, Any] = {}
+    for part in PARTS:
+        path = cfg.out_dir / f"{PART_FILES[part]}.json"
+        sections[PART_FILES[part]] = json.loads(path.read_text()) if path.exists() else None
+    for name in PEER_BENCHMARKS:
+        sections[name] = collect_peer(cfg.peer_dir, name)
+    report = {
+        "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "quick": cfg.quick or any(v and v.get("quick") for v in sections.values()),
+        "env": env,
+        "sections": sections,
+    }
+    write_json(cfg.out_dir / "report.json", report)
+    md = cfg.out_dir / "report.md"
+    tmp = md.with_name("report.md.tmp")
+    tmp.write_text(render_markdown(report))
+    os.replace(tmp, md)
+    _log(cfg, f"wrote {md} and {cfg.out_dir / 'report.json'}")
+    return report

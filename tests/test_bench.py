@@ -1,0 +1,171 @@
+"""`mlsim bench`: metric definitions, force-field unit conversion, and the quick end-to-end run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mlsim.bench import (
+    BenchConfig,
+    energy_errors,
+    force_errors,
+    rdkit_method,
+    relative_energy_residuals,
+    run_bench,
+    synthetic_ethanol,
+)
+from mlsim.data import Structure
+
+
+def test_relative_energy_errors_remove_only_the_mean_offset():
+    ref = np.array([-10.0, -9.5, -9.0, -8.0])
+    noise = np.array([0.1, -0.1, 0.2, -0.2])  # zero mean, so the offset is exactly 5
+    err = energy_errors(ref + 5.0 + noise, ref)
+    assert err["offset"] == pytest.approx(5.0)
+    assert err["mae"] == pytest.approx(0.15)
+    assert err["rmse"] == pytest.approx(np.sqrt(0.025))
+    assert err["max"] == pytest.approx(0.2)
+    np.testing.assert_allclose(relative_energy_residuals(ref + 5.0 + noise, ref), noise, atol=1e-12)
+    # a constant shift alone is no error at all, a wrong conformer ordering is
+    assert energy_errors(ref - 3.0, ref)["mae"] == pytest.approx(0.0, abs=1e-12)
+    assert energy_errors(ref[::-1], ref)["mae"] > 0.5
+
+
+def test_force_errors_are_per_component():
+    ref = np.zeros((2, 3, 3))
+    pred = ref.copy()
+    pred[0, 0, 0] = 0.6  # one wrong component out of 18
+    err = force_errors(pred, ref)
+    assert err["n"] == 18
+    assert err["mae"] == pytest.approx(0.6 / 18)
+    assert err["rmse"] == pytest.approx(np.sqrt(0.36 / 18))
+
+
+@pytest.mark.parametrize("bad", [np.array([1.0, np.nan]), np.array([1.0, 2.0, 3.0])])
+def test_metrics_reject_bad_input(bad):
+    with pytest.raises(ValueError):
+        energy_errors(bad, np.array([1.0, 2.0]))
+
+
+@pytest.mark.parametrize("kind", ["MMFF94", "UFF"])
+def test_rdkit_forces_are_minus_gradient_in_ev_per_angstrom(kind):
+    s = synthetic_ethanol(2, seed=4)[1]  # a distorted geometry: forces are large and non-trivial
+    method = rdkit_method(kind, s)
+    e0, forces = method.evaluate(s)
+    assert forces.shape == (9, 3) and np.abs(forces).max() > 0.05
+    h = 1e-4  # Angstrom; central differences of the eV energy
+    rng = np.random.default_rng(0)
+    for atom, axis in zip(rng.integers(0, 9, 6), rng.integers(0, 3, 6)):
+        plus, minus = s.positions.copy(), s.positions.copy()
+        plus[atom, axis] += h
+        minus[atom, axis] -= h
+        ep, _ = method.evaluate(Structure(numbers=s.numbers, positions=plus))
+        em, _ = method.evaluate(Structure(numbers=s.numbers, positions=minus))
+        assert -(ep - em) / (2 * h) == pytest.approx(forces[atom, axis], abs=2e-5, rel=1e-4)
+
+
+def test_rdkit_energy_is_converted_from_kcal_per_mol():
+    from rdkit.Chem import AllChem
+
+    from mlsim import units
+    from mlsim.bench import rdkit_molecule
+
+    s = synthetic_ethanol(2, seed=5)[1]
+    mol = rdkit_molecule(s)
+    props = AllChem.MMFFGetMoleculeProperties(mol)
+    ff = AllChem.MMFFGetMoleculeForceField(mol, props)
+    e_kcal = ff.CalcEnergy(s.positions.ravel().tolist())
+    e_ev, _ = rdkit_method("MMFF94", s).evaluate(s)
+    assert e_ev == pytest.approx(
+        e_kcal / 23.060547830619, rel=1e-8
+    )  # 1 eV = 23.0605... kcal/mol (CODATA 2018)
+    assert e_ev == pytest.approx(e_kcal * units.EV_PER_KCAL_PER_MOL, rel=1e-12)
+
+
+def test_rdkit_method_rejects_other_molecules():
+    s = synthetic_ethanol(1)[0]
+    method = rdkit_method("MMFF94", s)
+    other = Structure(numbers=s.numbers[::-1], positions=s.positions)
+    with pytest.raises(ValueError, match="differ"):
+        method.evaluate(other)
+    with pytest.raises(ValueError, match="unknown"):
+        rdkit_method("AMOEBA", s)
+
+
+@pytest.fixture(scope="module")
+def xtb_test_set(tmp_path_factory):
+    """Four ethanol geometries labelled with GFN2-xTB, written as extxyz like a real test set."""
+    from ase.io import write
+
+    from mlsim.bench import xtb_method
+
+    xtb = xtb_method()
+    frames = synthetic_ethanol(4, seed=1)
+    for s in frames:
+        s.energy, s.forces = xtb.evaluate(s)
+    path = tmp_path_factory.mktemp("data") / "ethanol_test.extxyz"
+    write(path, [s.to_atoms() for s in frames])
+    return path
+
+
+def test_quick_bench_writes_report_with_all_sections(tmp_path, xtb_test_set):
+    peers = tmp_path / "peers"
+    peers.mkdir()
+    (peers / "neighbor_list.json").write_text(
+        json.dumps(
+            {
+                "n_atoms": 1000,
+                "results": [{"impl": "mlsim", "ms": 1.5}, {"impl": "vesin", "ms": 2.0}],
+            }
+        )
+    )
+    out = tmp_path / "results"
+    cfg = BenchConfig(
+        quick=True,
+        out_dir=out,
+        peer_dir=peers,
+        test_set=xtb_test_set,
+        model=tmp_path / "no_model.pt",
+        progress=False,
+    )
+    report = run_bench(cfg)
+    md = (out / "report.md").read_text()
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["sections"].keys() == report["sections"].keys()
+    for heading in (
+        "## Accuracy",
+        "## Cost per energy+force",
+        "## OpenMM MD speed",
+        "## Collected",
+    ):
+        assert heading in md
+
+    acc = on_disk["sections"]["accuracy"]
+    assert acc["status"] == "ok" and acc["n_structures"] == 4
+    methods = acc["methods"]
+    # the reference is xTB itself: recomputing it must reproduce the labels (up to extxyz precision)
+    assert methods["xtb"]["energy_ev"]["mae"] < 1e-6
+    assert methods["xtb"]["forces_ev_per_a"]["mae"] < 1e-6
+    assert methods["mmff94"]["forces_ev_per_a"]["mae"] > 1e-3
+    assert methods["mlsim"]["status"] == "skipped" and "not found" in methods["mlsim"]["reason"]
+    assert (out / "parity_mmff94.png").stat().st_size > 1000
+
+    cost = on_disk["sections"]["cost"]["methods"]
+    assert cost["dft"]["status"] == "skipped"
+    assert cost["xtb"]["ratio_to_baseline"] == pytest.approx(
+        1.0
+    )  # xTB is the baseline without a model
+    assert cost["mmff94"]["seconds_per_eval"] < cost["xtb"]["seconds_per_eval"]
+
+    md_runs = on_disk["sections"]["openmm_md"]
+    if md_runs["status"] == "ok":
+        assert md_runs["runs"]["amber14_flexible"]["steps_per_s"] > 0
+    assert "vesin" in md  # collected peer table
+    assert "_not run_" in md and "training.json" in md
+
+
+def test_bench_rejects_unknown_part(tmp_path):
+    with pytest.raises(ValueError, match="unknown benchmark part"):
+        run_bench(BenchConfig(only=("bogus",), out_dir=tmp_path, progress=False))

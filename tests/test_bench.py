@@ -169,3 +169,20 @@ def test_quick_bench_writes_report_with_all_sections(tmp_path, xtb_test_set):
 def test_bench_rejects_unknown_part(tmp_path):
     with pytest.raises(ValueError, match="unknown benchmark part"):
         run_bench(BenchConfig(only=("bogus",), out_dir=tmp_path, progress=False))
+
+
+def test_charmm36_forces_are_minus_gradient_in_ev_per_angstrom():
+    from mlsim.bench import openmm_forcefield_method
+
+    s = synthetic_ethanol(2, seed=6)[1]
+    method = openmm_forcefield_method(s)
+    assert "ETOH" in method.notes  # OpenMM matched CHARMM36's ethanol template by bond graph
+    _, forces = method.evaluate(s)
+    h = 1e-4
+    for atom, axis in [(0, 0), (2, 1), (8, 2)]:
+        plus, minus = s.positions.copy(), s.positions.copy()
+        plus[atom, axis] += h
+        minus[atom, axis] -= h
+        ep, _ = method.evaluate(Structure(numbers=s.numbers, positions=plus))
+        em, _ = method.evaluate(Structure(numbers=s.numbers, positions=minus))
+        assert -(ep - em) / (2 * h) == pytest.approx(forces[atom, axis], abs=2e-5, rel=1e-4)

@@ -22,6 +22,7 @@ __all__ = [
     "Skipped",
     "dft_method",
     "mlsim_method",
+    "openmm_forcefield_method",
     "rdkit_method",
     "rdkit_molecule",
     "xtb_method",
@@ -118,6 +119,54 @@ def rdkit_method(kind: str, template: Structure) -> Method:
     smiles = Chem.MolToSmiles(Chem.RemoveHs(mol))
     label = "MMFF94 (RDKit)" if kind_u == "MMFF94" else "UFF (RDKit)"
     return Method(kind_u.lower(), label, evaluate, notes=f"topology perceived: {smiles}")
+
+
+# --- classical force fields shipped with OpenMM ----------------------------------------------------
+def openmm_forcefield_method(
+    template: Structure, xml: str = "charmm36.xml", label: str = "CHARMM36/CGenFF (OpenMM)"
+) -> Method:
+    """Return an OpenMM force field whose residue templates cover the molecule (e.g. CHARMM36 ETOH).
+
+    The bond graph is perceived from the template geometry and OpenMM matches it against the force
+    field's residue templates by element + connectivity, so atom names never have to be guessed.
+    """
+    import openmm
+    from openmm import app
+
+    mol = rdkit_molecule(template)
+    top = app.Topology()
+    res = top.addResidue("MOL", top.addChain())
+    atoms = [
+        top.addAtom(f"X{i}", app.Element.getByAtomicNumber(int(z)), res)
+        for i, z in enumerate(template.numbers)
+    ]
+    for b in mol.GetBonds():
+        top.addBond(atoms[b.GetBeginAtomIdx()], atoms[b.GetEndAtomIdx()])
+    ff = app.ForceField(xml)
+    try:
+        matched = [t.name for t in ff.getMatchingTemplates(top)]
+        system = ff.createSystem(top, nonbondedMethod=app.NoCutoff, constraints=None)
+    except ValueError as exc:
+        raise Skipped(f"{xml} has no residue template for this molecule ({exc})") from exc
+    platform = openmm.Platform.getPlatformByName("Reference")  # double precision forces
+    context = openmm.Context(system, openmm.VerletIntegrator(1e-3), platform)
+    numbers = template.numbers.copy()
+
+    def evaluate(s: Structure) -> tuple[float, np.ndarray]:
+        """Energy and forces from OpenMM, converted from kJ/mol and kJ/mol/nm."""
+        if not np.array_equal(s.numbers, numbers):
+            raise ValueError("structure's atoms differ from the force-field template's")
+        _require_molecule(s)
+        context.setPositions(units.positions_to_openmm(s.positions))
+        state = context.getState(getEnergy=True, getForces=True)
+        e = state.getPotentialEnergy().value_in_unit(openmm.unit.kilojoule_per_mole)
+        f = state.getForces(asNumpy=True).value_in_unit(
+            openmm.unit.kilojoule_per_mole / openmm.unit.nanometer
+        )
+        return float(units.energy_from_openmm(e)), units.forces_from_openmm(f)
+
+    key = Path(xml).stem.replace(".", "_")
+    return Method(key, label, evaluate, notes=f"residue template(s) matched: {', '.join(matched)}")
 
 
 # --- GFN2-xTB ------------------------------------------------------------------------------------

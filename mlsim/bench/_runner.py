@@ -17,6 +17,7 @@ from mlsim.bench._methods import (
     Skipped,
     dft_method,
     mlsim_method,
+    openmm_forcefield_method,
     rdkit_method,
     xtb_method,
 )
@@ -178,6 +179,7 @@ def _factories(cfg: BenchConfig, structures: list[Structure], with_dft: bool) ->
         "xtb": xtb_method,
         "mmff94": rdkit("MMFF94"),
         "uff": rdkit("UFF"),
+        "charmm36": lambda: openmm_forcefield_method(_rdkit_template(structures)),
         "gaff": _gaff_factory(structures),
         "dft": dft,
     }
@@ -187,9 +189,13 @@ def _gaff_factory(structures: list[Structure]):
     """GAFF via openmmforcefields needs antechamber (AmberTools) and the OpenFF toolkit."""
 
     def make() -> Method:
+        # Checked with `pip download --no-deps`: openmmforcefields 0.15.1 is on PyPI, but its
+        # GAFFTemplateGenerator types atoms with antechamber and charges them (AM1-BCC) through
+        # openff-toolkit, which is conda-only; AmberTools has no official PyPI wheel.
         raise Skipped(
-            "GAFF needs openmmforcefields' GAFFTemplateGenerator, which calls antechamber/sqm "
-            "(AmberTools) and the OpenFF toolkit for AM1-BCC charges; neither is on PyPI (conda-only)"
+            "GAFF needs openmmforcefields' GAFFTemplateGenerator, which needs the OpenFF toolkit and "
+            "AmberTools' antechamber/sqm (AM1-BCC charges); both are conda-only, not on PyPI. "
+            "CHARMM36/CGenFF (shipped with OpenMM) is the biomolecular force field compared instead"
         )
 
     return make

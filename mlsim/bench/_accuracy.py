@@ -85,7 +85,7 @@ def parity_plot(
     offset = float((e_pred - e_ref).mean())
     er = (e_ref - e_ref.mean()) * kcal
     ep = (e_pred - offset - e_ref.mean()) * kcal
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.4))
     for ax, x, y, unit, what in (
         (axes[0], er, ep, "kcal/mol", "relative energy"),
         (axes[1], f_ref.ravel(), f_pred.ravel(), "eV/Å", "force component"),
@@ -93,10 +93,12 @@ def parity_plot(
         lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
         ax.plot([lo, hi], [lo, hi], color="0.6", lw=1)
         ax.scatter(x, y, s=6, alpha=0.5, lw=0)
-        ax.set_xlabel(f"{reference} {what} ({unit})")
-        ax.set_ylabel(f"{label} ({unit})")
+        mae = float(np.abs(y - x).mean())
+        ax.text(0.04, 0.94, f"MAE {mae:.3g} {unit}", transform=ax.transAxes, va="top")
+        ax.set_xlabel(f"reference {what} ({unit})")
+        ax.set_ylabel(f"{label} {what} ({unit})")
         ax.set_aspect("equal", adjustable="datalim")
-    fig.suptitle(f"{label} vs {reference}")
+    fig.suptitle(f"{label} vs {reference}", fontsize=10)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)

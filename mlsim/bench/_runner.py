@@ -111,7 +111,7 @@ def find_test_set(root: Path = EXAMPLES) -> Path | None:
         p
         for p in sorted(root.iterdir())
         if p.is_file()
-        and p.suffix.lower() in _DATA_SUFFIXES
+        and _DATA_SUFFIXES & {x.lower() for x in p.suffixes}  # also ethanol_test.extxyz.gz
         and "test" in p.name.lower()
         and "xtb" not in p.name.lower()
     ]

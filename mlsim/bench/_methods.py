@@ -245,8 +245,8 @@ def mlsim_method(path: str | Path) -> Method:
             model,
             torch.as_tensor(s.numbers, dtype=torch.long),
             torch.as_tensor(s.positions, dtype=torch.float64),
-            None,
-            torch.zeros(3, dtype=torch.bool),
+            torch.zeros((1, 3, 3), dtype=torch.float64),  # isolated molecule: no cell
+            torch.zeros((1, 3), dtype=torch.bool),
             torch.zeros(n, dtype=torch.long),
             forces=True,
         )

@@ -212,6 +212,40 @@ def _md_md(sec: dict[str, Any] | None) -> list[str]:
     return out + [""] + notes + [""]
 
 
+def _summary_md(sections: dict[str, Any]) -> list[str]:
+    """Headline numbers: what accuracy the mlsim model buys and what it costs, in one paragraph."""
+    acc, cost, md = sections.get("accuracy"), sections.get("cost"), sections.get("openmm_md")
+    lines: list[str] = []
+    if acc and acc.get("status") == "ok":
+        ok = {k: m for k, m in acc["methods"].items() if m.get("status") == "ok"}
+        if ok:
+            parts = [
+                f"{m['label']} {m['forces_ev_per_a']['mae'] * 1000:.0f}"
+                for m in sorted(ok.values(), key=lambda m: m["forces_ev_per_a"]["mae"])
+            ]
+            lines.append(f"- Force MAE vs {acc['reference']} (meV/Å): " + ", ".join(parts) + ".")
+    if cost and cost.get("status") == "ok" and cost.get("baseline"):
+        ok = {k: m for k, m in cost["methods"].items() if m.get("status") == "ok"}
+        base = ok[cost["baseline"]]
+        parts = []
+        for m in ok.values():
+            if m is base:
+                continue
+            r = m["ratio_to_baseline"]
+            parts.append(f"{m['label']} {r:.3g}×" if r >= 1 else f"{m['label']} 1/{1 / r:.3g}")
+        lines.append(
+            f"- Cost per energy+force call relative to {base['label']}"
+            f" ({base['seconds_per_eval'] * 1000:.3g} ms): " + ", ".join(parts) + "."
+        )
+    if md and md.get("status") == "ok":
+        runs = [r for r in md["runs"].values() if r.get("status") == "ok"]
+        parts = [f"{r['label']} {r['ns_per_day']:.3g} ns/day" for r in runs]
+        lines.append("- OpenMM MD, alanine dipeptide: " + ", ".join(parts) + ".")
+    if not lines:
+        return []
+    return ["## Summary", "", *lines, ""]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """Return report.md for the collected report dictionary."""
     env = report.get("env", {})
@@ -227,6 +261,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     sections = report.get("sections", {})
+    out += _summary_md(sections)
     out += _accuracy_md(sections.get("accuracy"))
     out += _cost_md(sections.get("cost"))
     out += _md_md(sections.get("openmm_md"))

@@ -74,16 +74,16 @@ def _alanine(constraints: str | None) -> Any:
 
 
 def run_openmm_md(
-    ml_system_factory: Callable[[Any], tuple[Any, str]] | None,
+    ml_system_factory: Callable[[Any], list[tuple[str, str, Any]]] | None,
     threads: int = 1,
     min_seconds: float = 3.0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Time Amber14 (flexible, 1 fs and HBonds, 2 fs) and the mlsim TorchForce system side by side.
 
-    ml_system_factory(molecular_system) returns (openmm.System with the ML force, label) or raises
-    Skipped; the ML run uses the same integrator, time step and platform as the flexible Amber run,
-    so steps/s compare like for like.
+    ml_system_factory(molecular_system) returns [(key, label, openmm.System with the ML force)] or
+    raises Skipped; the ML runs use the same integrator, time step and platform as the flexible
+    Amber run, so steps/s compare like for like.
     """
     runs: dict[str, Any] = {}
     flexible = _alanine(None)
@@ -107,18 +107,20 @@ def run_openmm_md(
         **md_speed(hb.system, hb.positions_nm, 2.0, threads, min_seconds=min_seconds),
     }
     if ml_system_factory is None:
-        runs["mlsim_torchforce"] = {"status": "skipped", "reason": "not requested"}
+        runs["mlsim"] = {"status": "skipped", "reason": "not requested"}
     else:
         try:
-            ml_system, label = ml_system_factory(flexible)
-            log(f"{label}, 1 fs")
-            runs["mlsim_torchforce"] = {
-                "label": label,
-                "status": "ok",
-                **md_speed(ml_system, flexible.positions_nm, 1.0, threads, min_seconds=min_seconds),
-            }
+            for key, label, ml_system in ml_system_factory(flexible):
+                log(label)
+                try:
+                    res = md_speed(
+                        ml_system, flexible.positions_nm, 1.0, threads, min_seconds=min_seconds
+                    )
+                    runs[key] = {"label": label, "status": "ok", **res}
+                except Exception as exc:  # e.g. OpenMM NaN error from a bad model: report it
+                    runs[key] = {"label": label, "status": "failed", "reason": repr(exc)}
         except Skipped as exc:
-            runs["mlsim_torchforce"] = {"status": "skipped", "reason": str(exc)}
+            runs["mlsim"] = {"status": "skipped", "reason": str(exc)}
     base = runs["amber14_flexible"]["steps_per_s"]
     for r in runs.values():
         if r.get("status") == "ok":

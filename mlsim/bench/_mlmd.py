@@ -1,8 +1,9 @@
-"""The ML side of the MD-speed benchmark: sample alanine dipeptide, label with xTB, train, export.
+"""The ML side of the MD-speed benchmark: sample alanine dipeptide, label with xTB, train, deploy.
 
-The model only has to be a faithful *cost* stand-in for a production mlsim potential on this
-molecule, but it is trained on real GFN2-xTB labels so the trajectory it drives is physical (an
-untrained network can blow up within the timing window and would then time nothing useful).
+The model must cost what a production mlsim potential costs on this molecule, and it is trained on
+real GFN2-xTB labels so the trajectory it drives stays physical (an untrained network can blow up
+inside the timing window). It runs through mlsim.openmm, the path users deploy with: openmm-torch
+TorchForce and openmm.PythonForce, both timed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from mlsim import units
 from mlsim.bench._methods import Skipped, xtb_method
 from mlsim.data import Structure
 
-__all__ = ["label_frames", "ml_alanine_factory", "sample_frames"]
+__all__ = ["label_frames", "ml_alanine_factory", "ml_systems", "sample_frames"]
+
+MLSystems = list[tuple[str, str, Any]]  # (key, label, openmm.System)
 
 
 def sample_frames(
@@ -54,21 +57,54 @@ def label_frames(frames: list[Structure], progress: bool = True) -> list[Structu
     return frames
 
 
-def ml_alanine_factory(
-    quick: bool, work_dir: Path, progress: bool = True
-) -> Callable[[Any], tuple[Any, str]]:
-    """Return a callable(molecular_system) -> (OpenMM System on an mlsim TorchForce, label)."""
+def ml_systems(ms: Any, model_path: Path) -> MLSystems:
+    """Build the alanine dipeptide System once per mlsim.openmm backend, with only the ML force."""
+    import openmm
 
-    def make(ms: Any) -> tuple[Any, str]:
-        """Train a small mlsim model on xTB-labelled frames and put it into an OpenMM System."""
-        try:
-            from mlsim.models import train_model  # type: ignore[attr-defined]
-        except ImportError as exc:
-            raise Skipped(f"mlsim training API not available yet ({exc})") from exc
-        try:
-            from mlsim.openmm import create_system  # type: ignore[attr-defined]
-        except ImportError as exc:
-            raise Skipped(f"mlsim.openmm TorchForce export not available yet ({exc})") from exc
-        raise Skipped("training hookup pending", train_model, create_system)
+    try:
+        from mlsim.openmm import BACKENDS, create_force
+    except ImportError as exc:
+        raise Skipped(f"mlsim.openmm (TorchForce/PythonForce export) not available: {exc}") from exc
+    numbers = [a.element.atomic_number for a in ms.topology.atoms()]
+    labels = {"torch": "TorchForce (openmm-torch)", "python": "PythonForce"}
+    out: MLSystems = []
+    for backend in BACKENDS:
+        system = openmm.System()
+        for i in range(ms.system.getNumParticles()):  # same masses as the Amber14 system
+            system.addParticle(ms.system.getParticleMass(i))
+        system.addForce(create_force(model_path, numbers, backend=backend))
+        name = labels.get(backend, backend)
+        out.append((f"mlsim_{backend}", f"mlsim {model_path.name} via {name}, 1 fs", system))
+    return out
+
+
+def ml_alanine_factory(
+    quick: bool, work_dir: Path, model: Path | None = None, progress: bool = True
+) -> Callable[[Any], MLSystems]:
+    """Return a callable(molecular_system) -> [(key, label, System)] for the MD-speed runs.
+
+    With `model` given (an mlsim model.pt covering H, C, N, O) it is used as is; otherwise a small
+    model is trained here on xTB-labelled alanine dipeptide frames.
+    """
+
+    def make(ms: Any) -> MLSystems:
+        """Train (or take) the model and wrap it in OpenMM Systems."""
+        path = model
+        if path is None:
+            if quick:
+                raise Skipped("--quick does not train a model (give one with --md-model)")
+            path = _train_alanine_model(ms, work_dir, progress)
+        if not Path(path).exists():
+            raise Skipped(f"MD model {path} not found")
+        return ml_systems(ms, Path(path))
 
     return make
+
+
+def _train_alanine_model(ms: Any, work_dir: Path, progress: bool) -> Path:
+    """Train a small mlsim model on xTB-labelled alanine dipeptide frames; return model.pt."""
+    try:
+        import mlsim.train  # noqa: F401
+    except ImportError as exc:
+        raise Skipped(f"mlsim training API (mlsim.train) not available yet: {exc}") from exc
+    raise Skipped("mlsim.train hookup pending")

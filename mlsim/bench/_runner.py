@@ -42,6 +42,8 @@ class BenchConfig:
     peer_dir: Path = Path("benchmarks/results")
     test_set: Path | None = None
     model: Path = EXAMPLES / "model.pt"
+    md_model: Path | None = None  # alanine dipeptide model for the MD part; None: train one
+    work_dir: Path = Path("runs/bench")  # scratch (training data, trained MD model); git-ignored
     threads: int = 1
     max_structures: int | None = None
     progress: bool = True
@@ -242,7 +244,7 @@ def _part_md(cfg: BenchConfig) -> dict[str, Any]:
     from mlsim.bench._mlmd import ml_alanine_factory
 
     return run_openmm_md(
-        ml_alanine_factory(cfg.quick, cfg.out_dir, cfg.progress),
+        ml_alanine_factory(cfg.quick, cfg.work_dir, cfg.md_model, cfg.progress),
         threads=cfg.threads,
         min_seconds=0.3 if cfg.quick else 5.0,
         progress=cfg.progress,

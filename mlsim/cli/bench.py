@@ -43,6 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="threads for every method (default 1)"
     )
+    parser.add_argument(
+        "--md-model",
+        type=Path,
+        help="alanine dipeptide mlsim model for the MD part (default: train one on xTB labels)",
+    )
     parser.add_argument("--max-structures", type=int, help="use at most this many test structures")
     parser.add_argument("--no-progress", action="store_true", help="no progress output")
     parser.add_argument("--print", action="store_true", help="print report.md when done")
@@ -62,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         peer_dir=args.peer_dir,
         test_set=args.test_set,
         model=args.model,
+        md_model=args.md_model,
         threads=args.threads,
         max_structures=args.max_structures,
         progress=not args.no_progress,

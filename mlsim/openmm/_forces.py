@@ -1,0 +1,151 @@
+"""OpenMM Force objects that evaluate an mlsim model: openmm-torch TorchForce or openmm.PythonForce.
+
+TorchForce runs a TorchScript file inside OpenMM's C++ (deployable without Python). PythonForce
+calls the model in-process, so it needs no TorchScript at all: it keeps working once
+`torch.jit.script` is gone, and it accepts eager models straight out of training.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mlsim.openmm._module import OpenMMEnergy, OpenMMEnergyForces, resolve_model
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_BACKEND",
+    "ModelCallback",
+    "create_force",
+    "export_torchforce",
+    "import_openmmtorch",
+]
+
+BACKENDS = ("python", "torch")
+# Measured by benchmarks/md_speed.py (steps/s, ethanol and a ~1,000-atom box, 1 thread): the
+# PythonForce path is at least as fast as TorchForce with the same model (see that JSON).
+DEFAULT_BACKEND = "python"
+
+
+def import_openmmtorch() -> Any:
+    """Import openmmtorch without its 'simtk.openmm is deprecated' log line (it imports simtk)."""
+    if "openmmtorch" not in sys.modules and "simtk.openmm" not in sys.modules:
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        try:
+            import simtk.openmm  # noqa: F401
+        finally:
+            logging.disable(previous)
+    import openmmtorch
+
+    return openmmtorch
+
+
+def export_torchforce(
+    model: torch.nn.Module | str | os.PathLike,
+    numbers: Sequence[int],
+    path: str | os.PathLike,
+    periodic: bool = False,
+    atoms: Sequence[int] | None = None,
+    outputs_forces: bool = True,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write a TorchScript file that `openmmtorch.TorchForce(path)` loads as it is; returns the path.
+
+    forward(positions nm[, boxvectors nm]) -> energy kJ/mol (and forces kJ/mol/nm when
+    outputs_forces; then call TorchForce.setOutputsForces(True)). The atomic numbers are baked in.
+    """
+    model = resolve_model(model)
+    cls = OpenMMEnergyForces if outputs_forces else OpenMMEnergy
+    module = cls(model, numbers, atoms=atoms, periodic=periodic, dtype=dtype).eval()
+    scripted = torch.jit.script(module)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    scripted.save(str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+class ModelCallback:
+    """The computation function of an openmm.PythonForce: State -> (kJ/mol, kJ/mol/nm array)."""
+
+    def __init__(self, module: OpenMMEnergyForces) -> None:
+        """Wrap an OpenMMEnergyForces module (eager or scripted)."""
+        self.module = module
+        self.periodic = bool(module.periodic)
+
+    def __call__(self, state: Any) -> tuple[float, np.ndarray]:
+        """Evaluate the model at the State's positions (and box)."""
+        # ._value skips the unit arithmetic: OpenMM States are always in nm.
+        pos = torch.from_numpy(np.asarray(state.getPositions(asNumpy=True)._value))
+        box = None
+        if self.periodic:
+            box = torch.from_numpy(np.asarray(state.getPeriodicBoxVectors(asNumpy=True)._value))
+        energy, forces = self.module(pos, box)
+        return float(energy), forces.detach().to(torch.float64).numpy()
+
+    def __getstate__(self) -> dict:
+        """Refuse pickling cleanly (PythonForce tries, to support XmlSerializer of the System)."""
+        raise TypeError("an mlsim PythonForce holds a live torch model and cannot be pickled")
+
+
+def create_force(
+    model: torch.nn.Module | str | os.PathLike,
+    numbers: Sequence[int],
+    periodic: bool = False,
+    atoms: Sequence[int] | None = None,
+    backend: str = DEFAULT_BACKEND,
+    path: str | os.PathLike | None = None,
+    outputs_forces: bool = True,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+) -> Any:
+    """Create an OpenMM Force for an mlsim model over `atoms` (all particles when None).
+
+    backend "python": openmm.PythonForce evaluating the model in-process. backend "torch":
+    openmm-torch TorchForce loading a TorchScript file (written to `path`, or a temporary file
+    that is deleted once OpenMM has read it).
+    """
+    import openmm
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown OpenMM backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    model = resolve_model(model, device)
+    if backend == "python":
+        # PythonForce hands the callback only the selected particles, so no subset inside.
+        module = OpenMMEnergyForces(model, numbers, atoms=None, periodic=periodic, dtype=dtype)
+        force = openmm.PythonForce(ModelCallback(module.eval()))
+        if atoms is not None:
+            force.setParticles(list(atoms))
+    else:
+        openmmtorch = import_openmmtorch()
+        if path is None:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                file = export_torchforce(
+                    model,
+                    numbers,
+                    Path(tmp) / "mlsim_force.pt",
+                    periodic,
+                    atoms,
+                    outputs_forces,
+                    dtype,
+                )
+                # TorchForce reads the file in its constructor, so the directory may go.
+                force = openmmtorch.TorchForce(str(file))
+        else:
+            file = export_torchforce(model, numbers, path, periodic, atoms, outputs_forces, dtype)
+            force = openmmtorch.TorchForce(str(file))
+        force.setOutputsForces(outputs_forces)
+    force.setUsesPeriodicBoundaryConditions(bool(periodic))
+    force.setName(f"mlsim ({backend})")
+    return force

@@ -1,0 +1,112 @@
+"""ANI-style potential: torchani's atomic environment vectors fed to one MLP per element."""
+
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+# torchani warns at import about CUDA extensions that a CPU install never has.
+os.environ.setdefault("TORCHANI_NO_WARN_EXTENSIONS", "1")
+from torchani.aev import AEVComputer  # noqa: E402
+from torchani.neighbors import Neighbors  # noqa: E402
+
+from mlsim.models._graph import element_indices, neighbor_pairs, pair_vectors  # noqa: E402
+
+__all__ = ["ANIModel"]
+
+
+def _mlp(n_in: int, hidden: Sequence[int], alpha: float) -> nn.Sequential:
+    """Per-element network: Linear+CELU stack ending in one scalar (the atomic energy)."""
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(n_in, h), nn.CELU(alpha)]
+        n_in = h
+    layers.append(nn.Linear(n_in, 1))
+    return nn.Sequential(*layers)
+
+
+class ANIModel(nn.Module):
+    """ANI-style model: torchani AEVs (radial + angular) and per-element MLPs; energies in eV."""
+
+    cutoff: float
+    elements: list[int]
+
+    def __init__(
+        self,
+        elements: Sequence[int],
+        self_energies: dict[int, float] | None = None,
+        radial_cutoff: float = 5.2,
+        angular_cutoff: float = 3.5,
+        radial_start: float = 0.9,
+        radial_eta: float = 16.0,
+        radial_num_shifts: int = 16,
+        angular_start: float = 0.9,
+        angular_eta: float = 8.0,
+        angular_zeta: float = 32.0,
+        angular_num_shifts: int = 4,
+        angular_num_sections: int = 8,
+        hidden: Sequence[int] = (128, 96, 64),
+        celu_alpha: float = 0.1,
+        energy_scale: float = 1.0,
+    ) -> None:
+        """Build the AEV featurizer and networks; self_energies maps Z -> eV (fitted from data)."""
+        super().__init__()
+        self.elements = [int(z) for z in elements]
+        if len(set(self.elements)) != len(self.elements) or not self.elements:
+            raise ValueError(
+                f"elements must be a non-empty list of distinct atomic numbers, got {elements}"
+            )
+        self.cutoff = float(radial_cutoff)
+        self.aev = AEVComputer.like_1x(
+            num_species=len(self.elements),
+            radial_start=radial_start,
+            radial_cutoff=radial_cutoff,
+            radial_eta=radial_eta,
+            radial_num_shifts=radial_num_shifts,
+            angular_start=angular_start,
+            angular_cutoff=angular_cutoff,
+            angular_eta=angular_eta,
+            angular_zeta=angular_zeta,
+            angular_num_shifts=angular_num_shifts,
+            angular_num_sections=angular_num_sections,
+        )
+        n_feat = int(self.aev.out_dim)
+        self.nets = nn.ModuleList([_mlp(n_feat, hidden, celu_alpha) for _ in self.elements])
+        species_map = torch.full((max(self.elements) + 1,), -1, dtype=torch.long)
+        for k, z in enumerate(self.elements):
+            species_map[z] = k
+        self.register_buffer("species_map", species_map)
+        se = self_energies or {}
+        self.register_buffer(
+            "self_energy", torch.tensor([float(se.get(z, 0.0)) for z in self.elements])
+        )
+        # Networks output O(1) numbers; the scale (eV) maps them to the data's energy spread.
+        self.register_buffer("energy_scale", torch.tensor(float(energy_scale)))
+
+    def atomic_energies(
+        self, numbers: Tensor, positions: Tensor, cell: Tensor, pbc: Tensor, batch: Tensor
+    ) -> Tensor:
+        """Per-atom energies (eV) including the element self energies."""
+        species = element_indices(numbers, self.species_map, self.elements)
+        pos = positions.to(self.self_energy.dtype)
+        cell = cell.to(pos.dtype)
+        i, j, shifts = neighbor_pairs(pos, cell, pbc, batch, self.cutoff)
+        vec = pair_vectors(pos, cell, batch, i, j, shifts)
+        # torchani's convention: diff_vectors = R[first] - R[second].
+        nb = Neighbors(torch.stack([i, j]), torch.linalg.vector_norm(vec, dim=1), -vec)
+        aev = self.aev.compute_from_neighbors(species.unsqueeze(0), pos.unsqueeze(0), nb)[0]
+        out = torch.zeros(numbers.shape[0], dtype=pos.dtype, device=pos.device)
+        for k, net in enumerate(self.nets):
+            sel = (species == k).nonzero().view(-1)
+            if sel.numel() > 0:
+                out = out.index_put((sel,), net(aev.index_select(0, sel)).view(-1))
+        return out * self.energy_scale + self.self_energy[species]
+
+    def forward(
+        self, numbers: Tensor, positions: Tensor, cell: Tensor, pbc: Tensor, batch: Tensor
+    ) -> Tensor:
+        """Total energy (eV) of each of the B structures in the batch."""
+        e_atom = self.atomic_energies(numbers, positions, cell, pbc, batch)
+        energy = torch.zeros(cell.shape[0], dtype=e_atom.dtype, device=e_atom.device)
+        return energy.index_add(0, batch, e_atom)

@@ -1,0 +1,133 @@
+"""Build models from a spec, save them as self-contained TorchScript archives, and load them back."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "ARCHITECTURES",
+    "build_model",
+    "load_metadata",
+    "load_model",
+    "load_trainable",
+    "save_model",
+]
+
+ARCHITECTURES = ("ani", "painn")
+_META = "mlsim.json"
+
+
+def build_model(spec: dict[str, Any]) -> nn.Module:
+    """Create an eager model from a spec: {architecture, elements, self_energies, hyperparameters, [ensemble]}."""
+    from mlsim.models._ani import ANIModel
+    from mlsim.models._ensemble import Ensemble
+    from mlsim.models._painn import PaiNNModel
+
+    arch = str(spec.get("architecture", "")).lower()
+    if arch == "ensemble":
+        return Ensemble([build_model(m) for m in spec["members"]])
+    classes = {"ani": ANIModel, "painn": PaiNNModel}
+    if arch not in classes:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    se = {int(k): float(v) for k, v in (spec.get("self_energies") or {}).items()}
+    hp = dict(spec.get("hyperparameters") or {})
+    try:
+        return classes[arch](elements=spec["elements"], self_energies=se, **hp)
+    except TypeError as exc:  # an unknown hyper-parameter name in the config
+        raise ValueError(f"bad hyper-parameters for {arch}: {exc}") from exc
+
+
+def _metadata(model: nn.Module, spec: dict[str, Any]) -> dict[str, Any]:
+    """Everything a reader needs to use or rebuild the model, besides the weights."""
+    import mlsim
+
+    return {
+        "format": "mlsim-model/1",
+        "mlsim_version": mlsim.__version__,
+        "torch_version": torch.__version__,
+        "spec": spec,
+        "architecture": spec.get("architecture"),
+        "elements": [int(z) for z in model.elements],
+        "cutoff": float(model.cutoff),
+        "units": {
+            "energy": "eV",
+            "length": "Angstrom",
+            "forces": "eV/Angstrom",
+            "stress": "eV/Angstrom^3",
+        },
+    }
+
+
+def save_model(
+    model: nn.Module, path: str | os.PathLike, spec: dict[str, Any], extra: dict | None = None
+) -> None:
+    """Script `model` and write it atomically to `path` with JSON metadata in the archive."""
+    meta = _metadata(model, spec)
+    if extra:
+        meta.update(extra)
+    scripted = torch.jit.script(model.eval())
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.jit.save(scripted, tmp, _extra_files={_META: json.dumps(meta, indent=1)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _ensure_ops() -> None:
+    """Register mlsim's custom ops (neighbor list) so archives that call them can be loaded."""
+    try:
+        import mlsim.neighbors  # noqa: F401
+    except ImportError:
+        pass
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """Load a model.pt (TorchScript) for inference; needs only torch and mlsim's ops."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    _ensure_ops()
+    files = {_META: ""}
+    try:
+        model = torch.jit.load(str(path), map_location=device, _extra_files=files)
+    except RuntimeError as exc:
+        raise ValueError(f"{path} is not a TorchScript model archive: {exc}") from exc
+    if not files[_META]:
+        raise ValueError(
+            f"{path} has no mlsim metadata; was it written by mlsim.models.save_model?"
+        )
+    return model.eval()
+
+
+def load_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """Read the JSON metadata (spec, elements, cutoff, units, versions) of a saved model."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    _ensure_ops()
+    files = {_META: ""}
+    torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+    if not files[_META]:
+        raise ValueError(f"{path} has no mlsim metadata")
+    return json.loads(files[_META])
+
+
+def load_trainable(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the eager (trainable) model from a model.pt, e.g. to fine-tune; returns (model, metadata)."""
+    meta = load_metadata(path)
+    model = build_model(meta["spec"])
+    scripted = load_model(path)
+    model.load_state_dict(scripted.state_dict())
+    return model, meta

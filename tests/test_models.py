@@ -1,0 +1,198 @@
+"""Physics of mlsim.models: exact forces/stress, symmetries, batching, periodic images, TorchScript."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk, molecule
+
+from mlsim.models import (
+    Ensemble,
+    build_model,
+    compute_properties,
+    load_metadata,
+    load_model,
+    save_model,
+)
+
+SPECS = {
+    "ani": {"architecture": "ani", "hyperparameters": {"hidden": [16, 8]}},
+    "painn": {"architecture": "painn", "hyperparameters": {"features": 16, "num_interactions": 2}},
+}
+
+
+def _model(
+    arch: str, elements: list[int], seed: int = 0, cutoff: float | None = None
+) -> torch.nn.Module:
+    """A small random-weight float64 model (random weights exercise every code path)."""
+    torch.manual_seed(seed)
+    spec = {**SPECS[arch], "elements": elements, "self_energies": {z: -0.1 * z for z in elements}}
+    spec["hyperparameters"] = dict(spec["hyperparameters"])
+    if cutoff is not None:
+        spec["hyperparameters"]["radial_cutoff" if arch == "ani" else "cutoff"] = cutoff
+        if arch == "ani":
+            spec["hyperparameters"]["angular_cutoff"] = min(3.5, cutoff - 0.5)
+    return build_model(spec).double()
+
+
+def _inputs(atoms_list) -> tuple[torch.Tensor, ...]:
+    """Pack ASE Atoms into the batched model inputs (float64)."""
+    numbers = torch.tensor(np.concatenate([a.numbers for a in atoms_list]), dtype=torch.long)
+    pos = torch.tensor(np.concatenate([a.positions for a in atoms_list]), dtype=torch.float64)
+    cell = torch.tensor(np.stack([a.cell.array for a in atoms_list]), dtype=torch.float64)
+    pbc = torch.tensor(np.stack([a.pbc for a in atoms_list]))
+    batch = torch.cat(
+        [torch.full((len(a),), k, dtype=torch.long) for k, a in enumerate(atoms_list)]
+    )
+    return numbers, pos, cell, pbc, batch
+
+
+def _ethanol(seed: int = 0):
+    """Ethanol with a random distortion so no symmetry hides an error."""
+    a = molecule("CH3CH2OH")
+    a.positions += np.random.default_rng(seed).normal(scale=0.08, size=a.positions.shape)
+    return a
+
+
+def _random_rotation(seed: int) -> torch.Tensor:
+    """A random proper rotation matrix."""
+    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] *= -1
+    return torch.tensor(q)
+
+
+@pytest.mark.parametrize("arch", ["ani", "painn"])
+def test_forces_are_minus_energy_gradient_by_finite_differences(arch: str) -> None:
+    """Autograd forces agree with central differences of the energy (float64, h = 1e-5 A)."""
+    model = _model(arch, [1, 6, 8])
+    numbers, pos, cell, pbc, batch = _inputs([_ethanol()])
+    forces = compute_properties(model, numbers, pos, cell, pbc, batch)["forces"]
+    h = 1e-5
+    for atom, comp in [(0, 0), (2, 1), (5, 2), (8, 0)]:
+        plus, minus = pos.clone(), pos.clone()
+        plus[atom, comp] += h
+        minus[atom, comp] -= h
+        de = (model(numbers, plus, cell, pbc, batch) - model(numbers, minus, cell, pbc, batch)) / (
+            2 * h
+        )
+        assert forces[atom, comp].item() == pytest.approx(-de.item(), rel=1e-6, abs=1e-8)
+
+
+@pytest.mark.parametrize("arch", ["ani", "painn"])
+def test_rotation_translation_permutation(arch: str) -> None:
+    """Energy invariant, forces equivariant under rotation, translation and atom permutation."""
+    model = _model(arch, [1, 6, 8])
+    numbers, pos, cell, pbc, batch = _inputs([_ethanol(1)])
+    ref = compute_properties(model, numbers, pos, cell, pbc, batch)
+    rot = _random_rotation(3)
+    moved = pos @ rot.T + torch.tensor([1.3, -2.0, 0.7], dtype=torch.float64)
+    out = compute_properties(model, numbers, moved, cell, pbc, batch)
+    torch.testing.assert_close(out["energy"], ref["energy"], rtol=0, atol=1e-10)
+    torch.testing.assert_close(out["forces"], ref["forces"] @ rot.T, rtol=0, atol=1e-10)
+    perm = torch.tensor([4, 0, 8, 2, 1, 7, 3, 6, 5])
+    out = compute_properties(model, numbers[perm], pos[perm], cell, pbc, batch)
+    torch.testing.assert_close(out["energy"], ref["energy"], rtol=0, atol=1e-10)
+    torch.testing.assert_close(out["forces"], ref["forces"][perm], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("arch", ["ani", "painn"])
+def test_batch_equals_separate_structures(arch: str) -> None:
+    """A batch of different structures gives the same energies/forces as one-by-one evaluation."""
+    model = _model(arch, [1, 6, 8])
+    mols = [_ethanol(2), molecule("H2O"), _ethanol(4), molecule("CH4")]
+    both = compute_properties(model, *_inputs(mols))
+    sep_e = [compute_properties(model, *_inputs([m]))["energy"] for m in mols]
+    sep_f = [compute_properties(model, *_inputs([m]))["forces"] for m in mols]
+    torch.testing.assert_close(both["energy"], torch.cat(sep_e), rtol=0, atol=1e-10)
+    torch.testing.assert_close(both["forces"], torch.cat(sep_f), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("arch", ["ani", "painn"])
+def test_periodic_stress_matches_finite_strain_and_supercell_is_extensive(arch: str) -> None:
+    """Stress = (1/V) dE/d(strain) by central differences; a 2x1x1 supercell has twice the energy."""
+    model = _model(arch, [13, 29], cutoff=4.0)
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+    atoms[1].symbol = "Al"
+    atoms.rattle(0.05, seed=1)
+    atoms.set_cell(
+        atoms.cell.array + np.array([[0, 0.1, 0], [0.05, 0, 0], [0, 0, 0.2]]), scale_atoms=True
+    )
+    numbers, pos, cell, pbc, batch = _inputs([atoms])
+    out = compute_properties(model, numbers, pos, cell, pbc, batch, stress=True)
+    vol = abs(np.linalg.det(atoms.cell.array))
+    h = 1e-5
+    for a, b in [(0, 0), (1, 2), (2, 1), (2, 2)]:
+        es = []
+        for sign in (1, -1):
+            eps = torch.eye(3, dtype=torch.float64)
+            eps[a, b] += sign * h
+            es.append(model(numbers, pos @ eps, cell @ eps, pbc, batch).item())
+        assert out["stress"][0, a, b].item() == pytest.approx(
+            (es[0] - es[1]) / (2 * h) / vol, rel=1e-5, abs=1e-9
+        )
+    scripted = torch.jit.script(model)
+    for _ in range(2):  # profile without gradients first, then ask for stress
+        scripted(numbers, pos, cell, pbc, batch)
+    again = compute_properties(scripted, numbers, pos, cell, pbc, batch, stress=True)
+    torch.testing.assert_close(again["stress"], out["stress"], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(again["forces"], out["forces"], rtol=1e-9, atol=1e-12)
+    big = atoms.repeat((2, 1, 1))
+    e_big = model(*_inputs([big]))
+    assert e_big.item() == pytest.approx(2 * out["energy"].item(), rel=1e-10)
+
+
+def test_torchscript_round_trip_identical(tmp_path) -> None:
+    """save_model -> load_model gives bitwise-identical energies, members and metadata."""
+    torch.manual_seed(0)
+    spec = {
+        "architecture": "ensemble",
+        "members": [
+            {
+                **SPECS["ani"],
+                "elements": [1, 6, 8],
+                "self_energies": {1: -13.6, 6: -1029.0, 8: -2041.0},
+            },
+            {
+                **SPECS["painn"],
+                "elements": [1, 6, 8],
+                "self_energies": {1: -13.6, 6: -1029.0, 8: -2041.0},
+            },
+        ],
+    }
+    model = build_model(spec)
+    assert isinstance(model, Ensemble)
+    save_model(model, tmp_path / "model.pt", spec)
+    loaded = load_model(tmp_path / "model.pt")
+    inputs = _inputs([_ethanol(5), molecule("H2O")])
+    inputs = (inputs[0], inputs[1].float(), inputs[2].float(), inputs[3], inputs[4])
+    torch.testing.assert_close(loaded(*inputs), model(*inputs), rtol=0, atol=0)
+    members = loaded.member_energies(*inputs)
+    assert members.shape == (2, 2)
+    torch.testing.assert_close(members.mean(0), loaded(*inputs), rtol=0, atol=0)
+    # The calls above profiled the graph without gradients; forces must still be right afterwards
+    # (TorchScript's optimizer once dropped gradients here). Optimized kernels may differ in the
+    # last float32 bits, hence the tolerance.
+    f1 = compute_properties(loaded, *inputs)["forces"]
+    f2 = compute_properties(model, *inputs)["forces"]
+    torch.testing.assert_close(f1, f2, rtol=1e-5, atol=1e-6)
+    assert loaded.cutoff == pytest.approx(5.2) and loaded.elements == [1, 6, 8]
+    meta = load_metadata(tmp_path / "model.pt")
+    assert meta["units"]["energy"] == "eV" and meta["elements"] == [1, 6, 8]
+
+
+def test_unknown_element_raises_clear_error(tmp_path) -> None:
+    """An atomic number outside the model's element list is rejected, naming the element."""
+    model = _model("painn", [1, 6, 8])
+    numbers, pos, cell, pbc, batch = _inputs([molecule("H2O")])
+    bad = numbers.clone()
+    bad[0] = 26
+    with pytest.raises(ValueError, match="atomic number 26"):
+        model(bad, pos, cell, pbc, batch)
+    save_model(model, tmp_path / "m.pt", {**SPECS["painn"], "elements": [1, 6, 8]})
+    with pytest.raises(Exception, match="atomic number 26"):
+        load_model(tmp_path / "m.pt")(bad, pos.float(), cell.float(), pbc, batch)
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_model({"architecture": "schnet", "elements": [1]})

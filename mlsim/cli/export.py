@@ -1,0 +1,68 @@
+"""`mlsim export`: write the TorchScript file that openmm-torch's TorchForce loads for one system."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "export"
+HELP = "Export a model for one system as an openmm-torch TorchForce file (nm, kJ/mol)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the export options."""
+    parser.add_argument("model", type=Path, help="mlsim model file (model.pt)")
+    parser.add_argument(
+        "--structure",
+        type=Path,
+        required=True,
+        help="structure file readable by ase.io (xyz, pdb, cif, ...): its elements and cell are baked in",
+    )
+    parser.add_argument(
+        "-o", "--output", type=Path, required=True, help="TorchScript file to write"
+    )
+    parser.add_argument(
+        "--energy-only",
+        action="store_true",
+        help="return only the energy and let OpenMM differentiate (default: energy and forces; "
+        "then call TorchForce.setOutputsForces(True))",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["single", "double"],
+        help="cast the model (default: its own precision)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export and print how to use the file."""
+    import ase.io
+    import torch
+
+    from mlsim.data import Structure
+    from mlsim.openmm import export_torchforce
+
+    if not args.structure.is_file():
+        raise FileNotFoundError(f"structure file not found: {args.structure}")
+    structure = Structure.from_atoms(ase.io.read(args.structure))
+    if structure.periodic and not structure.pbc.all():
+        raise ValueError("OpenMM needs a structure periodic in all three directions, or none")
+    dtype = {None: None, "single": torch.float32, "double": torch.float64}[args.precision]
+    out = export_torchforce(
+        args.model,
+        structure.numbers,
+        args.output,
+        periodic=structure.periodic,
+        outputs_forces=not args.energy_only,
+        dtype=dtype,
+    )
+    print(
+        f"wrote {out}: {len(structure)} atoms, {'periodic' if structure.periodic else 'non-periodic'}"
+    )
+    print(f"  force = openmmtorch.TorchForce({str(out)!r})")
+    if not args.energy_only:
+        print("  force.setOutputsForces(True)")
+    if structure.periodic:
+        print("  force.setUsesPeriodicBoundaryConditions(True)")
+    print("  (in a C++-only process, load mlsim's op library first if the model uses it)")
+    return 0

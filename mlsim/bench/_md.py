@@ -74,18 +74,19 @@ def _alanine(constraints: str | None) -> Any:
 
 
 def run_openmm_md(
-    ml_system_factory: Callable[[Any], list[tuple[str, str, Any]]] | None,
+    ml_system_factory: Callable[[Any], tuple[list[tuple[str, str, Any]], dict[str, Any]]] | None,
     threads: int = 1,
     min_seconds: float = 3.0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Time Amber14 (flexible, 1 fs and HBonds, 2 fs) and the mlsim TorchForce system side by side.
 
-    ml_system_factory(molecular_system) returns [(key, label, openmm.System with the ML force)] or
-    raises Skipped; the ML runs use the same integrator, time step and platform as the flexible
+    ml_system_factory(molecular_system) returns ([(key, label, openmm.System with the ML force)],
+    info about the model) or raises Skipped; the ML runs use the same integrator, time step and platform as the flexible
     Amber run, so steps/s compare like for like.
     """
     runs: dict[str, Any] = {}
+    ml_info: dict[str, Any] = {}
     flexible = _alanine(None)
     n_atoms = flexible.n_atoms
 
@@ -110,7 +111,8 @@ def run_openmm_md(
         runs["mlsim"] = {"status": "skipped", "reason": "not requested"}
     else:
         try:
-            for key, label, ml_system in ml_system_factory(flexible):
+            ml_runs, ml_info = ml_system_factory(flexible)
+            for key, label, ml_system in ml_runs:
                 log(label)
                 try:
                     res = md_speed(
@@ -125,4 +127,9 @@ def run_openmm_md(
     for r in runs.values():
         if r.get("status") == "ok":
             r["slowdown_vs_amber14_flexible"] = base / r["steps_per_s"]
-    return {"system": "alanine dipeptide (ACE-ALA-NME)", "n_atoms": n_atoms, "runs": runs}
+    return {
+        "system": "alanine dipeptide (ACE-ALA-NME)",
+        "n_atoms": n_atoms,
+        "runs": runs,
+        "ml_model": ml_info,
+    }

@@ -209,6 +209,18 @@ def _md_md(sec: dict[str, Any] | None) -> list[str]:
         )
     header = ["potential", "platform", "dt (fs)", "steps/s", "ns/day", "× slower than Amber14 1 fs"]
     out += _table(header, rows)
+    info = sec.get("ml_model") or {}
+    if info.get("trained_here"):
+        hp = ", ".join(f"{k}={v}" for k, v in info.get("hyperparameters", {}).items())
+        notes.append(
+            f"- ML model: {info['architecture']} ({hp}) trained by the benchmark for"
+            f" {info['train_seconds']:.0f} s ({info['steps']} steps) on {info['n_train']}"
+            f" {info['reference']}-labelled frames from 500 K Amber14 MD; held-out force MAE"
+            f" {info['val_force_mae_ev_per_a'] * 1000:.0f} meV/Å vs xTB"
+            f"{' (reused from an earlier run)' if info.get('reused') else ''}."
+        )
+    elif info.get("model"):
+        notes.append(f"- ML model: {info['model']} (given with --md-model).")
     return out + [""] + notes + [""]
 
 

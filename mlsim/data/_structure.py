@@ -44,6 +44,8 @@ class Structure:
                 raise ValueError(f"forces must have shape ({n}, 3), got {self.forces.shape}")
         if self.stress is not None:
             self.stress = np.asarray(self.stress, dtype=np.float64)
+            if self.stress.shape == (9,):  # flattened 3x3 (ASE db stores it so)
+                self.stress = self.stress.reshape(3, 3)
             if self.stress.shape == (6,):  # Voigt order xx yy zz yz xz xy, as ASE
                 xx, yy, zz, yz, xz, xy = self.stress
                 self.stress = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])

@@ -1,0 +1,458 @@
+"""File formats: extended XYZ (plain or gzip), ASE database, MD17-style npz; anything else ASE reads.
+
+Every reader returns a `Dataset`; every writer replaces its target atomically (temporary file in the
+same folder, then `os.replace`), so a crash never leaves a half-written data set behind. The
+append-only helpers at the bottom are what the resumable labeller builds on.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlsim.data._dataset import Dataset
+from mlsim.data._structure import Structure
+from mlsim.units import energy_factor, length_factor
+
+__all__ = [
+    "append_frames",
+    "format_of",
+    "read",
+    "read_frames_repairing",
+    "write",
+]
+
+_EXTXYZ = {".extxyz", ".xyz"}
+
+
+def format_of(path: str | Path) -> str:
+    """Return 'extxyz', 'npz', 'db' or 'ase' from the file name (a trailing .gz is allowed for extxyz)."""
+    name = Path(path).name.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    suffix = Path(name).suffix
+    if suffix in _EXTXYZ:
+        return "extxyz"
+    if suffix == ".npz":
+        return "npz"
+    if suffix == ".db":
+        return "db"
+    return "ase"
+
+
+def _is_gzip(path: str | Path) -> bool:
+    return str(path).lower().endswith(".gz")
+
+
+# --- reading ------------------------------------------------------------------------------------
+def read(
+    path: str | Path,
+    *,
+    energy_unit: str | None = None,
+    length_unit: str | None = None,
+    validate: bool = True,
+    require_energy: bool = False,
+    require_forces: bool = False,
+) -> Dataset:
+    """Read a data file (format from its extension) into a Dataset, validating every structure.
+
+    extxyz/ASE files are in ASE units. MD17-style npz files carry no units, so `energy_unit` and
+    `length_unit` must be given (e.g. "kcal/mol", "angstrom") unless the file was written by mlsim,
+    which records them. R and F of uncompressed npz files are memory-mapped, not loaded.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"data file {path} not found")
+    fmt = format_of(path)
+    if fmt != "npz" and (
+        energy_unit not in (None, "eV", "ev")
+        or length_unit not in (None, "angstrom", "Angstrom", "A")
+    ):
+        raise ValueError(
+            f"{path}: {fmt} files are read in ASE units (eV, Angstrom); unit options apply to npz only"
+        )
+    if fmt == "npz":
+        ds = Dataset._from_source(_NpzSource(path, energy_unit, length_unit))
+    elif fmt == "db":
+        ds = Dataset._from_source(_DbSource(path))
+    else:
+        from ase.io import read as ase_read
+
+        try:
+            frames = ase_read(path, index=":", format="extxyz" if fmt == "extxyz" else None)
+        except Exception as exc:  # ASE raises many types; say which file failed and why
+            raise ValueError(f"cannot read {path}: {exc}") from exc
+        ds = Dataset([Structure.from_atoms(a) for a in frames])
+    if validate:
+        try:
+            ds.validate(require_energy=require_energy, require_forces=require_forces)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+    return ds
+
+
+class _DbSource:
+    """Rows of an ASE database, fetched on access (a database can be larger than memory)."""
+
+    def __init__(self, path: Path) -> None:
+        from ase.db import connect
+
+        self.path = path
+        self._db = connect(str(path), type="db")
+        self._ids = [row.id for row in self._db.select(columns=["id"])]
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def get(self, i: int) -> Structure:
+        row = self._db.get(id=self._ids[i])
+        s = Structure.from_atoms(row.toatoms())
+        info = dict(row.key_value_pairs)
+        info.update(row.data.get("mlsim_info", {}) if row.get("data") else {})
+        s.info = info
+        return s
+
+
+def _memmap_npz_member(path: Path, zf: zipfile.ZipFile, name: str) -> np.ndarray | None:
+    """Memory-map one array of an uncompressed npz in place; None when it is compressed."""
+    info = zf.getinfo(name)
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        local = fh.read(30)
+        # Local file header: name and extra-field lengths sit at bytes 26-29 (they may differ from
+        # the central directory's, so read them here rather than trusting ZipInfo).
+        n_name = int.from_bytes(local[26:28], "little")
+        n_extra = int.from_bytes(local[28:30], "little")
+        start = info.header_offset + 30 + n_name + n_extra
+        fh.seek(start)
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        offset = fh.tell()
+    if dtype.hasobject:
+        return None
+    return np.memmap(
+        path, dtype=dtype, mode="r", shape=shape, order="F" if fortran else "C", offset=offset
+    )
+
+
+class _NpzSource:
+    """MD17-style npz (z, R, E, F, optional cell/pbc/info); R and F memory-mapped when stored uncompressed."""
+
+    def __init__(self, path: Path, energy_unit: str | None, length_unit: str | None) -> None:
+        self.path = path
+        with np.load(path, allow_pickle=False) as f:
+            keys = set(f.files)
+            missing = {"z", "R"} - keys
+            if missing:
+                raise ValueError(
+                    f"{path}: npz lacks key(s) {sorted(missing)} (need z, R; optional E, F)"
+                )
+            stored_e = str(f["energy_unit"]) if "energy_unit" in keys else None
+            stored_l = str(f["length_unit"]) if "length_unit" in keys else None
+            self.z = np.asarray(f["z"]).astype(np.int64)
+            self.E = np.asarray(f["E"], dtype=np.float64).reshape(-1) if "E" in keys else None
+            self.cell = np.asarray(f["cell"], dtype=np.float64) if "cell" in keys else None
+            self.pbc = np.asarray(f["pbc"], dtype=bool) if "pbc" in keys else None
+            self.info = [json.loads(str(x)) for x in f["info"]] if "info" in keys else None
+        for given, stored, kind in (
+            (energy_unit, stored_e, "energy"),
+            (length_unit, stored_l, "length"),
+        ):
+            if given is None and stored is None:
+                raise ValueError(
+                    f"{path}: npz files carry no units; pass {kind}_unit= (e.g. energy_unit='kcal/mol', "
+                    "length_unit='angstrom' for MD17)"
+                )
+            if given is not None and stored is not None:
+                conv = energy_factor if kind == "energy" else length_factor
+                if abs(conv(given, stored) - 1.0) > 1e-12:
+                    raise ValueError(
+                        f"{path}: file records {kind} unit {stored!r} but {given!r} was passed"
+                    )
+        e_unit = energy_unit or stored_e
+        l_unit = length_unit or stored_l
+        self.e_fac = energy_factor(e_unit, "eV")
+        self.l_fac = length_factor(l_unit, "angstrom")
+        self.f_fac = self.e_fac / self.l_fac
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+            self.R = _memmap_npz_member(path, zf, "R.npy")
+            self.F = _memmap_npz_member(path, zf, "F.npy") if "F.npy" in names else None
+        if self.R is None or ("F.npy" in names and self.F is None):
+            with np.load(path, allow_pickle=False) as f:  # compressed: must decompress fully
+                self.R = np.asarray(f["R"]) if self.R is None else self.R
+                if "F" in f.files and self.F is None:
+                    self.F = np.asarray(f["F"])
+        if self.R.ndim != 3 or self.R.shape[2] != 3:
+            raise ValueError(f"{path}: R must have shape (frames, atoms, 3), got {self.R.shape}")
+        n_frames, n_atoms = self.R.shape[:2]
+        if self.z.ndim == 1 and self.z.shape[0] != n_atoms:
+            raise ValueError(
+                f"{path}: z has {self.z.shape[0]} atoms but R has {n_atoms} (inconsistent atom counts)"
+            )
+        if self.z.ndim == 2 and self.z.shape != (n_frames, n_atoms):
+            raise ValueError(
+                f"{path}: z has shape {self.z.shape}, R {self.R.shape} (inconsistent atom counts)"
+            )
+        if self.E is not None and len(self.E) != n_frames:
+            raise ValueError(f"{path}: E has {len(self.E)} entries for {n_frames} frames")
+        if self.F is not None and self.F.shape != self.R.shape:
+            raise ValueError(f"{path}: F has shape {self.F.shape} but R has {self.R.shape}")
+
+    def __len__(self) -> int:
+        return int(self.R.shape[0])
+
+    def get(self, i: int) -> Structure:
+        z = self.z if self.z.ndim == 1 else self.z[i]
+        cell = None
+        pbc = np.zeros(3, dtype=bool)
+        if self.cell is not None:
+            c = self.cell if self.cell.ndim == 2 else self.cell[i]
+            cell = c * self.l_fac
+            if self.pbc is None:
+                pbc = np.ones(3, dtype=bool)
+            else:
+                pbc = self.pbc if self.pbc.ndim == 1 else self.pbc[i]
+        return Structure(
+            numbers=z,
+            positions=np.asarray(self.R[i], dtype=np.float64) * self.l_fac,
+            cell=cell,
+            pbc=pbc,
+            energy=None if self.E is None else float(self.E[i]) * self.e_fac,
+            forces=None if self.F is None else np.asarray(self.F[i], dtype=np.float64) * self.f_fac,
+            info=dict(self.info[i]) if self.info is not None else {},
+        )
+
+
+# --- writing ------------------------------------------------------------------------------------
+def _atomic_target(path: Path) -> tuple[int, str]:
+    """Open a temporary file next to `path` (same filesystem, so os.replace is atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if _is_gzip(path) else path.suffix
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+
+
+def _json_safe(info: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in info.items():
+        out[k] = (
+            v.tolist()
+            if isinstance(v, np.ndarray)
+            else (v.item() if isinstance(v, np.generic) else v)
+        )
+    return out
+
+
+def write(
+    path: str | Path,
+    structures: Iterable[Structure],
+    *,
+    energy_unit: str = "eV",
+    length_unit: str = "angstrom",
+) -> None:
+    """Write structures to `path` (format from extension), replacing it atomically.
+
+    npz output is MD17-style (z, R, E, F) in the given units, which are recorded in the file; it needs
+    every structure to have the same atom count. extxyz and db are always in ASE units.
+    """
+    path = Path(path)
+    structures = list(structures)
+    fmt = format_of(path)
+    if fmt != "npz" and (
+        energy_unit.lower() != "ev" or length_unit.lower() not in ("angstrom", "a")
+    ):
+        raise ValueError(
+            f"{path}: {fmt} files are written in ASE units; unit options apply to npz only"
+        )
+    fd, tmp = _atomic_target(path)
+    os.close(fd)
+    try:
+        if fmt == "extxyz":
+            data = "".join(_frame_text(s) for s in structures).encode()
+            if _is_gzip(path):
+                data = gzip.compress(data, mtime=0)
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+        elif fmt == "npz":
+            _write_npz(Path(tmp), structures, energy_unit, length_unit)
+        elif fmt == "db":
+            from ase.db import connect
+
+            os.unlink(tmp)  # ase.db wants to create the file itself
+            with connect(tmp, type="db", append=False) as db:
+                for s in structures:
+                    db.write(s.to_atoms(), data={"mlsim_info": _json_safe(s.info)})
+        else:
+            from ase.io import write as ase_write
+
+            ase_write(tmp, [s.to_atoms() for s in structures], format=None)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _write_npz(
+    tmp: Path, structures: Sequence[Structure], energy_unit: str, length_unit: str
+) -> None:
+    if not structures:
+        raise ValueError("cannot write an empty data set to npz")
+    n = len(structures[0])
+    if any(len(s) != n for s in structures):
+        raise ValueError(
+            "npz (MD17-style) needs every structure to have the same atom count; use extxyz"
+        )
+    e_fac = energy_factor("eV", energy_unit)
+    l_fac = length_factor("angstrom", length_unit)
+    z_all = np.stack([s.numbers for s in structures])
+    arrays: dict[str, np.ndarray] = {
+        "z": z_all[0] if (z_all == z_all[0]).all() else z_all,
+        "R": np.stack([s.positions for s in structures]) * l_fac,
+        "energy_unit": np.array(energy_unit),
+        "length_unit": np.array(length_unit),
+        "info": np.array([json.dumps(_json_safe(s.info)) for s in structures]),
+    }
+    has_e = [s.energy is not None for s in structures]
+    if all(has_e):
+        arrays["E"] = np.array([s.energy for s in structures]) * e_fac
+    elif any(has_e):
+        raise ValueError("npz needs energies on all structures or none")
+    has_f = [s.forces is not None for s in structures]
+    if all(has_f):
+        arrays["F"] = np.stack([s.forces for s in structures]) * (e_fac / l_fac)
+    elif any(has_f):
+        raise ValueError("npz needs forces on all structures or none")
+    if any(s.cell is not None for s in structures):
+        if not all(s.cell is not None for s in structures):
+            raise ValueError("npz needs a cell on all structures or none")
+        arrays["cell"] = np.stack([s.cell for s in structures]) * l_fac
+        arrays["pbc"] = np.stack([s.pbc for s in structures])
+    # Uncompressed on purpose: stored members can be memory-mapped by the reader.
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+# --- append-only files for the labeller ----------------------------------------------------------
+def _frame_text(s: Structure) -> str:
+    """Return one extxyz frame for `s` (labels included)."""
+    from ase.io import write as ase_write
+
+    buf = io.StringIO()
+    ase_write(buf, s.to_atoms(), format="extxyz")
+    return buf.getvalue()
+
+
+def append_frames(path: str | Path, structures: Sequence[Structure]) -> None:
+    """Append frames to an extxyz(.gz) file with one write + fsync, so a kill leaves at most a torn tail.
+
+    Gzip files get one gzip member per call: concatenated members are a valid gzip stream.
+    """
+    path = Path(path)
+    if format_of(path) != "extxyz":
+        raise ValueError(f"{path}: appending needs an .extxyz or .extxyz.gz file")
+    data = "".join(_frame_text(s) for s in structures).encode()
+    if _is_gzip(path):
+        data = gzip.compress(data, mtime=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _complete_extxyz_prefix(text: str) -> int:
+    """Return the length of the longest prefix of `text` made of complete extxyz frames."""
+    pos = 0
+    good = 0
+    size = len(text)
+    while pos < size:
+        nl = text.find("\n", pos)
+        if nl < 0:
+            break
+        head = text[pos:nl].strip()
+        if not head:  # blank line between frames
+            pos = nl + 1
+            good = pos
+            continue
+        try:
+            n = int(head)
+        except ValueError:
+            break
+        end = pos
+        ok = True
+        for _ in range(n + 2):  # count line, comment line, n atom lines
+            nl = text.find("\n", end)
+            if nl < 0:
+                ok = False
+                break
+            end = nl + 1
+        if not ok:
+            break
+        pos = good = end
+    return good
+
+
+def read_frames_repairing(path: str | Path) -> list[Structure]:
+    """Read an append-only extxyz(.gz) file, truncating a torn last frame left by a killed writer."""
+    from ase.io import read as ase_read
+
+    path = Path(path)
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    if _is_gzip(path):
+        import zlib
+
+        chunks, pos = [], 0
+        while pos < len(raw):
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            try:
+                chunk = d.decompress(raw[pos:])
+            except zlib.error:
+                break
+            if not d.eof:  # torn member
+                break
+            chunks.append(chunk)
+            pos = len(raw) - len(d.unused_data)
+        text = b"".join(chunks).decode()
+        good_bytes = pos
+        cut = _complete_extxyz_prefix(text)
+        if cut != len(text):
+            raise ValueError(
+                f"{path}: a complete gzip member holds a broken extxyz frame; fix by hand"
+            )
+    else:
+        text = raw.decode(errors="replace")
+        cut = _complete_extxyz_prefix(text)
+        good_bytes = len(text[:cut].encode())
+        text = text[:cut]
+    if good_bytes != len(raw):
+        with open(
+            path, "r+b"
+        ) as fh:  # drop the torn tail so later appends start on a frame boundary
+            fh.truncate(good_bytes)
+    if not text.strip():
+        return []
+    return [
+        Structure.from_atoms(a) for a in ase_read(io.StringIO(text), index=":", format="extxyz")
+    ]

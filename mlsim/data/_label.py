@@ -1,0 +1,176 @@
+"""Resumable labelling: every input structure gets a reference energy and forces exactly once.
+
+Results are appended to OUT as they finish (one write + fsync per structure), each tagged with its
+input position in info["label_index"]. A restarted run reads OUT (and the failed file), repairs a
+torn last frame a kill may have left, checks the existing records belong to this input and method,
+and labels only what is missing. Structures whose SCF fails go to a separate failed file with the
+reason, are reported, and are not retried unless asked.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mlsim.data._backends import LabelFailure, Labeller, make_labeller
+from mlsim.data._dataset import Dataset
+from mlsim.data._io import append_frames, format_of, read, read_frames_repairing
+from mlsim.data._structure import Structure
+
+__all__ = ["LabelSummary", "default_failed_path", "label"]
+
+INDEX_KEY = "label_index"
+
+
+@dataclass
+class LabelSummary:
+    """What a label() call did."""
+
+    n_inputs: int  # structures considered (after `limit`)
+    n_already: int  # labelled or failed before this call
+    n_labelled: int  # newly labelled by this call
+    n_failed: int  # newly failed in this call
+    out: Path
+    failed: Path
+
+
+def default_failed_path(out: str | Path) -> Path:
+    """OUT.extxyz[.gz] -> OUT.failed.extxyz[.gz]: where structures that could not be labelled go."""
+    out = Path(out)
+    name = out.name
+    gz = name.lower().endswith(".gz")
+    stem = name[:-3] if gz else name
+    base, ext = os.path.splitext(stem)
+    return out.with_name(f"{base}.failed{ext}{'.gz' if gz else ''}")
+
+
+def _check_existing(
+    records: list[Structure], inputs: Dataset, where: Path, method: str
+) -> set[int]:
+    """Return the input indices already in `records`, after checking they match this input and method."""
+    done: set[int] = set()
+    for k, r in enumerate(records):
+        if INDEX_KEY not in r.info:
+            raise ValueError(f"{where}: record {k} has no {INDEX_KEY}; not written by mlsim label")
+        i = int(r.info[INDEX_KEY])
+        if i in done:
+            raise ValueError(f"{where}: input structure {i} appears twice")
+        if not 0 <= i < len(inputs):
+            raise ValueError(
+                f"{where}: record {k} refers to input {i}, beyond the {len(inputs)} inputs"
+            )
+        got = r.info.get("method")
+        if got is not None and got != method:
+            raise ValueError(
+                f"{where} was labelled with {got!r}, this run uses {method!r}; choose another --out"
+            )
+        src = inputs[i]
+        if len(src) != len(r) or not np.allclose(src.positions, r.positions, atol=1e-5):
+            raise ValueError(
+                f"{where}: record {k} does not match input structure {i}; wrong input file?"
+            )
+        done.add(i)
+    return done
+
+
+def label(
+    inputs: str | Path | Dataset | Sequence[Structure],
+    out: str | Path,
+    method: str | Labeller = "xtb",
+    *,
+    failed: str | Path | None = None,
+    limit: int | None = None,
+    retry_failed: bool = False,
+    progress: bool = True,
+    **method_options: object,
+) -> LabelSummary:
+    """Label every input structure with `method` into OUT (.extxyz or .extxyz.gz), resuming a previous run.
+
+    `method` is 'dft' (pyscf), 'xtb' (tblite GFN2-xTB), 'module:Class' (an ASE calculator) or a
+    Labeller object; `method_options` go to `make_labeller` (functional, basis, density_fit, charge,
+    spin, threads). `limit` labels only the first `limit` inputs (raise it later to continue).
+    """
+    out = Path(out)
+    if format_of(out) != "extxyz":
+        raise ValueError(
+            f"{out}: labelled output must be .extxyz or .extxyz.gz (convert afterwards)"
+        )
+    failed = Path(failed) if failed is not None else default_failed_path(out)
+    ds = (
+        inputs
+        if isinstance(inputs, Dataset)
+        else (read(inputs) if isinstance(inputs, (str, Path)) else Dataset(inputs))
+    )
+    n = len(ds) if limit is None else min(limit, len(ds))
+    labeller = make_labeller(method, **method_options) if isinstance(method, str) else method
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Hold an exclusive lock on OUT for the whole run: two writers would label structures twice.
+    lock_fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"{out} is being written by another mlsim label process") from None
+        done = _check_existing(read_frames_repairing(out), ds, out, labeller.name)
+        failed_before = _check_existing(read_frames_repairing(failed), ds, failed, labeller.name)
+        if done & failed_before:
+            raise ValueError(
+                f"structures {sorted(done & failed_before)[:5]} are in both {out} and {failed}"
+            )
+        skip = done if retry_failed else done | failed_before
+        todo = [i for i in range(n) if i not in skip]
+        n_already = n - len(todo)
+        if retry_failed and failed_before:
+            # The retried ones leave the failed file now; they come back there if they fail again.
+            keep = [r for r in read_frames_repairing(failed) if int(r.info[INDEX_KEY]) >= n]
+            from mlsim.data._io import write
+
+            write(failed, keep)
+        n_ok = n_bad = 0
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(
+                total=n,
+                initial=n_already,
+                desc=f"label {labeller.name}",
+                unit="struct",
+                file=sys.stderr,
+            )
+        for i in todo:
+            src = ds[i]
+            rec = Structure(
+                numbers=src.numbers,
+                positions=src.positions,
+                cell=src.cell,
+                pbc=src.pbc,
+                info=dict(src.info),
+            )
+            rec.info[INDEX_KEY] = i
+            try:
+                energy, forces, extra = labeller(rec)
+            except LabelFailure as exc:
+                rec.info.update({"method": labeller.name, "label_error": str(exc)})
+                append_frames(failed, [rec])
+                n_bad += 1
+                print(f"structure {i}: {exc} -> {failed}", file=sys.stderr)
+            else:
+                rec.energy, rec.forces = energy, forces
+                rec.info.update(extra)
+                append_frames(out, [rec])
+                n_ok += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(failed=len(failed_before) + n_bad if not retry_failed else n_bad)
+        if bar is not None:
+            bar.close()
+    finally:
+        os.close(lock_fd)
+    return LabelSummary(n, n_already, n_ok, n_bad, out, failed)

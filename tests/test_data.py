@@ -1,0 +1,253 @@
+"""mlsim.data: formats, units, splits, self energies, statistics, validation, sampling."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+
+from mlsim.data import Dataset, Structure, read, sample, sample_trajectory, write
+from mlsim.units import EV_PER_KCAL_PER_MOL, energy_factor, length_factor
+
+
+def _water(rng: np.random.Generator, i: int, labelled: bool = True) -> Structure:
+    pos = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]]) + rng.normal(
+        0, 0.03, (3, 3)
+    )
+    return Structure(
+        numbers=[8, 1, 1],
+        positions=pos,
+        energy=float(rng.normal(-10.0, 1.0)) if labelled else None,
+        forces=rng.normal(0, 1, (3, 3)) if labelled else None,
+        info={"frame": i, "tag": f"w{i}"},
+    )
+
+
+@pytest.fixture
+def waters() -> Dataset:
+    rng = np.random.default_rng(7)
+    return Dataset([_water(rng, i) for i in range(12)])
+
+
+def _same(a: Structure, b: Structure, atol: float = 1e-7) -> None:
+    np.testing.assert_array_equal(a.numbers, b.numbers)
+    np.testing.assert_allclose(a.positions, b.positions, atol=atol)
+    assert a.energy == pytest.approx(b.energy, abs=atol * 10)
+    np.testing.assert_allclose(a.forces, b.forces, atol=atol)
+
+
+@pytest.mark.parametrize("name", ["d.extxyz", "d.extxyz.gz", "d.xyz", "d.npz", "d.db"])
+def test_round_trip(tmp_path, waters, name):
+    path = tmp_path / name
+    write(path, waters)
+    back = read(path, require_forces=True)
+    assert len(back) == len(waters)
+    for a, b in zip(waters, back, strict=True):
+        _same(a, b)
+        assert b.info["frame"] == a.info["frame"] and b.info["tag"] == a.info["tag"]
+    # and across formats: npz -> db -> extxyz.gz keeps the numbers
+    write(tmp_path / "x.db", back)
+    write(tmp_path / "x.extxyz.gz", read(tmp_path / "x.db"))
+    for a, b in zip(waters, read(tmp_path / "x.extxyz.gz"), strict=True):
+        _same(a, b)
+
+
+def test_gzip_is_really_compressed(tmp_path, waters):
+    write(tmp_path / "d.extxyz.gz", waters)
+    assert gzip.decompress((tmp_path / "d.extxyz.gz").read_bytes()).startswith(b"3\n")
+
+
+def test_periodic_round_trip(tmp_path):
+    s = Structure(
+        numbers=[29] * 2,
+        positions=[[0, 0, 0], [1.8, 1.8, 0]],
+        cell=np.eye(3) * 3.6,
+        pbc=True,
+        energy=-1.0,
+        forces=np.zeros((2, 3)),
+        stress=np.arange(6) * 0.01,
+    )
+    for name in ("p.extxyz", "p.db", "p.npz"):
+        write(tmp_path / name, [s])
+        b = read(tmp_path / name)[0]
+        np.testing.assert_allclose(b.cell, s.cell)
+        assert b.pbc.all()
+    np.testing.assert_allclose(read(tmp_path / "p.extxyz")[0].stress, s.stress, atol=1e-8)
+
+
+def test_md17_npz_units_and_mmap(tmp_path):
+    rng = np.random.default_rng(0)
+    n_frames, z = 5, np.array([6, 1, 1, 1, 1])
+    r_bohr = rng.normal(0, 1.5, (n_frames, 5, 3)) + np.arange(5)[None, :, None] * 2.5
+    e_kcal = rng.normal(-1000, 5, (n_frames, 1))  # MD17 stores E as (n, 1)
+    f_kcal_bohr = rng.normal(0, 30, (n_frames, 5, 3))
+    path = tmp_path / "md17.npz"
+    np.savez(path, z=z, R=r_bohr, E=e_kcal, F=f_kcal_bohr)
+    with pytest.raises(ValueError, match="carry no units"):
+        read(path)
+    ds = read(path, energy_unit="kcal/mol", length_unit="bohr")
+    lf, ef = length_factor("bohr"), energy_factor("kcal/mol")
+    assert ef == pytest.approx(EV_PER_KCAL_PER_MOL)
+    assert lf == pytest.approx(0.529177210903)
+    np.testing.assert_allclose(ds[3].positions, r_bohr[3] * lf)
+    assert ds[3].energy == pytest.approx(e_kcal[3, 0] * ef)
+    np.testing.assert_allclose(ds[3].forces, f_kcal_bohr[3] * ef / lf)
+    # uncompressed npz: R and F are memory-mapped, not loaded
+    assert isinstance(ds._source.R, np.memmap) and isinstance(ds._source.F, np.memmap)
+    # compressed npz still reads (fully loaded)
+    np.savez_compressed(tmp_path / "c.npz", z=z, R=r_bohr, E=e_kcal, F=f_kcal_bohr)
+    dc = read(tmp_path / "c.npz", energy_unit="kcal/mol", length_unit="bohr")
+    np.testing.assert_allclose(dc[4].forces, ds[4].forces)
+    # writing in other units records them; reading back gives the same eV/A numbers
+    write(tmp_path / "k.npz", ds, energy_unit="kcal/mol", length_unit="nm")
+    with np.load(tmp_path / "k.npz") as f:
+        np.testing.assert_allclose(f["R"][3], r_bohr[3] * lf / 10)
+    back = read(tmp_path / "k.npz")
+    np.testing.assert_allclose(back[3].forces, ds[3].forces)
+    with pytest.raises(ValueError, match="records energy unit"):
+        read(tmp_path / "k.npz", energy_unit="eV", length_unit="nm")
+
+
+def test_indexing_and_views(waters):
+    assert isinstance(waters[3], Structure) and waters[-1].info["frame"] == 11
+    sub = waters[2:8:2]
+    assert isinstance(sub, Dataset) and [s.info["frame"] for s in sub] == [2, 4, 6]
+    assert [s.info["frame"] for s in sub[[2, 0]]] == [6, 2]
+    assert [s.info["frame"] for s in waters[np.arange(12) % 5 == 0]] == [0, 5, 10]
+    with pytest.raises(IndexError):
+        waters[12]
+
+
+def test_split_deterministic_and_disjoint(waters):
+    a = waters.split(0.5, 0.25, seed=3)
+    b = waters.split(0.5, 0.25, seed=3)
+    c = waters.split(0.5, 0.25, seed=4)
+    frames = [[s.info["frame"] for s in part] for part in a]
+    assert frames == [[s.info["frame"] for s in part] for part in b]
+    assert frames != [[s.info["frame"] for s in part] for part in c]
+    assert [len(p) for p in a] == [6, 3]
+    assert not set(frames[0]) & set(frames[1])
+    assert [len(p) for p in waters.split(10, 2)] == [10, 2]
+    with pytest.raises(ValueError):
+        waters.split(10, 5)
+    with pytest.raises(ValueError):
+        waters.split(0.8, 0.3)
+
+
+def test_self_energies_recover_known_values():
+    rng = np.random.default_rng(1)
+    true = {1: -13.6, 6: -1029.0, 8: -2041.5}
+    structures = []
+    for _ in range(40):
+        counts = {
+            1: int(rng.integers(0, 7)),
+            6: int(rng.integers(0, 4)),
+            8: int(rng.integers(1, 3)),
+        }
+        numbers = [z for z, c in counts.items() for _ in range(c)]
+        pos = np.arange(len(numbers))[:, None] * np.array([1.1, 0.0, 0.0])
+        e = sum(true[z] * c for z, c in counts.items()) + rng.normal(0, 1e-3)
+        structures.append(Structure(numbers=numbers, positions=pos, energy=e))
+    fit = Dataset(structures).fit_self_energies()
+    assert set(fit) == set(true)
+    for z in true:
+        assert fit[z] == pytest.approx(true[z], abs=5e-3)
+
+
+def test_self_energies_single_composition_reproduce_mean(waters):
+    fit = waters.fit_self_energies()
+    mean = np.mean([s.energy for s in waters])
+    assert fit[8] + 2 * fit[1] == pytest.approx(mean, abs=1e-9)
+
+
+def test_stats(waters):
+    st = waters.stats()
+    assert st["n_structures"] == 12 and st["elements"] == {1: 24, 8: 12}
+    energies = [s.energy for s in waters]
+    assert st["energy_min"] == pytest.approx(min(energies)) and st["energy_max"] == pytest.approx(
+        max(energies)
+    )
+    allf = np.concatenate([s.forces.ravel() for s in waters])
+    assert st["force_rms"] == pytest.approx(np.sqrt(np.mean(allf**2)))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match", "kwargs"),
+    [
+        (
+            lambda s: s.positions.__setitem__((1, 0), np.nan),
+            "structure 4: non-finite.*position",
+            {},
+        ),
+        (lambda s: s.forces.__setitem__((2, 1), np.inf), "structure 4: non-finite.*force", {}),
+        (
+            lambda s: s.positions.__setitem__(1, s.positions[0] + [0.3, 0, 0]),
+            "structure 4: atoms 0 and 1 are 0.300 A",
+            {},
+        ),
+        (lambda s: s.numbers.__setitem__(0, 150), "structure 4: unknown element.*150", {}),
+        (
+            lambda s: setattr(s, "forces", None),
+            "structure 4: forces are missing",
+            {"require_forces": True},
+        ),
+    ],
+)
+def test_validation_names_structure(tmp_path, waters, mutate, match, kwargs):
+    bad = [
+        Structure(s.numbers.copy(), s.positions.copy(), energy=s.energy, forces=s.forces.copy())
+        for s in waters
+    ]
+    mutate(bad[4])
+    with pytest.raises(ValueError, match=match):
+        Dataset(bad).validate(**kwargs)
+    if "unknown" not in match:  # ASE refuses to even write Z=150
+        write(tmp_path / "bad.extxyz", bad)
+        with pytest.raises(ValueError, match="bad.extxyz: " + match):
+            read(tmp_path / "bad.extxyz", **kwargs)
+
+
+def test_validation_inconsistent_atom_counts_in_npz(tmp_path):
+    np.savez(tmp_path / "b.npz", z=np.array([1, 1, 8]), R=np.zeros((2, 4, 3)))
+    with pytest.raises(ValueError, match="inconsistent atom counts"):
+        read(tmp_path / "b.npz", energy_unit="eV", length_unit="angstrom")
+    ds = Dataset(
+        [_water(np.random.default_rng(0), 0), Structure([1, 1], [[0, 0, 0], [0.74, 0, 0]])]
+    )
+    with pytest.raises(ValueError, match="structure 1: has 2 atoms"):
+        ds.validate(same_n_atoms=True)
+
+
+def test_periodic_clash_through_boundary():
+    s = Structure([1, 1], [[0.1, 0, 0], [4.7, 0, 0]], cell=np.eye(3) * 5.0, pbc=True)
+    with pytest.raises(ValueError, match="structure 0: atoms 0 and 1 are 0.400 A"):
+        Dataset([s]).validate()
+    s.pbc[:] = False
+    s.cell = None
+    Dataset([s]).validate()
+
+
+def test_sample_langevin_and_trajectory(tmp_path):
+    from ase.calculators.emt import EMT
+
+    start = Structure([29] * 4, [[0, 0, 0], [2.5, 0, 0], [0, 2.5, 0], [0, 0, 2.5]])
+    kw = dict(every=5, timestep_fs=2.0, equilibration_fs=20.0, seed=11, progress=False)
+    a = sample(start, EMT, [300.0, 900.0], 3, **kw)
+    b = sample(start, EMT(), [300.0, 900.0], 3, **kw)
+    assert len(a) == 6 and [s.info["temperature_K"] for s in a] == [300.0] * 3 + [900.0] * 3
+    assert a[2].info["time_fs"] == pytest.approx(20.0 + 3 * 5 * 2.0)
+    for x, y in zip(a, b, strict=True):  # same seed -> same trajectory
+        np.testing.assert_allclose(x.positions, y.positions)
+    assert not np.allclose(a[0].positions, start.positions)
+    c = sample(start, EMT, [300.0, 900.0], 3, **(kw | {"seed": 12}))
+    assert not np.allclose(a[0].positions, c[0].positions)
+    write(tmp_path / "traj.extxyz", a)
+    thin = sample_trajectory(tmp_path / "traj.extxyz", every=2, start=1)
+    np.testing.assert_allclose(thin[1].positions, a[3].positions)
+    from ase.io import write as ase_write
+
+    ase_write(tmp_path / "t.traj", [s.to_atoms() for s in a])
+    assert len(sample_trajectory(tmp_path / "t.traj", every=3)) == 2
+    with pytest.raises(ValueError):
+        sample(start, EMT, [-5.0], 2)

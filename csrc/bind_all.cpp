@@ -3,6 +3,6 @@
 
 namespace mlsim {
 void bind_all(pybind11::module_& m) {
-    (void)m;
+    bind_neighbors(m);
 }
 }  // namespace mlsim

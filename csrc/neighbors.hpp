@@ -1,0 +1,80 @@
+// Public C++ entry point of the neighbor list: one function, a plain options struct, a result.
+// Pair convention (same as ASE's 'ijS'): vector = positions[j] - positions[i] + shifts @ cell,
+// with |vector| < cutoff; cell rows are the lattice vectors.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <vector>
+
+namespace mlsim {
+
+struct NeighborOptions {
+    double cutoff = 0.0;
+    // Lattice vectors as rows (row-major 3x3); ignored along directions without pbc.
+    std::array<double, 9> cell{};
+    bool has_cell = false;
+    std::array<bool, 3> pbc{false, false, false};
+    // true: both (i, j) and (j, i); false: each pair once (i < j, or i == j with positive shift).
+    bool full = true;
+    // 0 = use all hardware threads.
+    int num_threads = 0;
+};
+
+// Pairs grouped by i in increasing order; the order inside one i is fixed by the algorithm, so the
+// output is identical for identical input whatever the number of threads.
+class NeighborList {
+public:
+    int64_t size() const { return total_; }
+    // Writes size() entries to i and j and 3 * size() to shifts (row-major).
+    void write(int64_t* i, int64_t* j, int64_t* shifts, int num_threads = 0) const;
+    // Same, but adds `offset` to the atom indices (batched structures).
+    void write_offset(int64_t* i, int64_t* j, int64_t* shifts, int64_t offset, int num_threads) const;
+
+    // Filled by the kernel: one chunk per contiguous range of i.
+    struct Chunk {
+        int32_t begin = 0, end = 0;
+        std::vector<int32_t> count;   // pairs of each atom in [begin, end)
+        std::vector<int32_t> j;       // neighbor index of each pair
+        std::vector<int32_t> shifts;  // 3 per pair
+        int64_t offset = 0;           // first pair of this chunk in the output
+    };
+    std::vector<Chunk> chunks_;
+    int64_t total_ = 0;
+};
+
+// Throws std::invalid_argument (naming the argument) on bad input: non-finite positions,
+// cutoff <= 0 or not finite, pbc without a cell, a cell singular along its periodic directions.
+NeighborList compute_neighbors(const double* positions, int64_t n_atoms, const NeighborOptions& options);
+
+// Many independent structures: atoms ptr[b] .. ptr[b+1] of positions with options[b]; the
+// structures are spread over the threads (each one searched single-threaded).
+std::vector<NeighborList> compute_neighbors_batch(const double* positions, const int64_t* ptr,
+                                                  const std::vector<NeighborOptions>& options, int num_threads);
+// Concatenates batch results; atom indices become global (offset by ptr[b]).
+int64_t batch_size(const std::vector<NeighborList>& lists);
+void write_batch(const std::vector<NeighborList>& lists, const int64_t* ptr, int64_t* i, int64_t* j,
+                 int64_t* shifts, int num_threads);
+
+// Validated geometry shared by the CPU and CUDA kernels (host code only).
+namespace detail {
+struct Box {
+    std::array<double, 9> box{};  // rows: cell rows where periodic, orthonormal complement elsewhere
+    std::array<double, 9> inv{};  // inverse of box: fractional s = r @ inv
+    std::array<double, 9> cell{};  // the user cell, zero rows where not periodic
+    std::array<double, 3> width{};  // perpendicular widths of box
+    std::array<bool, 3> periodic{};
+};
+struct Grid {
+    std::array<int32_t, 3> nbins{1, 1, 1};
+    std::array<int32_t, 3> reach{1, 1, 1};   // bins searched on each side
+    std::array<double, 3> origin{};          // fractional origin of bin 0
+    std::array<double, 3> inv_width{};       // bins per unit fractional coordinate
+};
+Box make_box(const NeighborOptions& options);
+// smin/smax: fractional extent of the atoms along non-periodic directions.
+Grid make_grid(const Box& box, double cutoff, int64_t n_atoms, const double* smin, const double* smax);
+void check_cutoff(double cutoff);
+int resolve_threads(int requested, int64_t work);
+}  // namespace detail
+
+}  // namespace mlsim

@@ -1,0 +1,118 @@
+"""Neighbor lists: O(N) cell list in C++ (mlsim._core), for NumPy arrays and torch tensors.
+
+Pairs follow ASE's ``neighbor_list('ijS')`` convention: the pair vector is
+``positions[j] - positions[i] + shifts @ cell`` and is shorter than ``cutoff``.
+
+The torch ops ``torch.ops.mlsim.neighbor_list`` and ``torch.ops.mlsim.neighbor_list_batch`` are
+registered when this module is imported and can be called from ``torch.jit.script`` code. They
+return integer tensors only; build the distance vectors in torch
+(``R[j] - R[i] + shifts.to(R.dtype) @ cell``) so that gradients flow to positions and cell.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch  # noqa: F401  (must be imported before mlsim._core, which links against it)
+
+from mlsim import _core
+
+__all__ = ["neighbor_list", "neighbor_list_batch_torch", "neighbor_list_torch"]
+
+
+def _as_pbc(pbc: bool | np.ndarray | list[bool] | tuple[bool, ...]) -> tuple[bool, bool, bool]:
+    """Normalise a bool or 3 bools to a tuple of 3 Python bools."""
+    arr = np.asarray(pbc)
+    if arr.shape == ():
+        return (bool(arr),) * 3
+    if arr.shape != (3,):
+        raise ValueError(f"pbc must be a bool or 3 bools, got shape {arr.shape}")
+    if arr.dtype != np.bool_ and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"pbc must contain bools, got dtype {arr.dtype}")
+    return (bool(arr[0]), bool(arr[1]), bool(arr[2]))
+
+
+def _check_cutoff(cutoff: float) -> float:
+    """Return cutoff as float, or raise ValueError unless it is finite and > 0."""
+    try:
+        value = float(cutoff)
+    except (TypeError, ValueError):
+        raise ValueError(f"cutoff must be a number, got {cutoff!r}") from None
+    if not np.isfinite(value) or value <= 0.0:
+        raise ValueError(f"cutoff must be a finite number > 0 Angstrom, got {value}")
+    return value
+
+
+def neighbor_list(
+    positions: np.ndarray,
+    cutoff: float,
+    cell: np.ndarray | None = None,
+    pbc: bool | np.ndarray | list[bool] | tuple[bool, ...] = False,
+    full: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs closer than ``cutoff``: int64 ``(i, j, shifts)`` with vector ``R[j] - R[i] + S @ cell``.
+
+    positions: (N, 3) float array in Angstrom; cell: (3, 3) with lattice vectors as rows, or None;
+    pbc: bool or 3 bools; full: list (i, j) and (j, i) (True) or each pair once (False).
+    Pairs are grouped by increasing i. Atoms outside the cell are handled (wrapped internally).
+    """
+    pos = np.asarray(positions)
+    if pos.ndim != 2 or pos.shape[1] != 3:
+        raise ValueError(f"positions must have shape (N, 3), got {pos.shape}")
+    if pos.dtype not in (np.float32, np.float64):
+        if not np.issubdtype(pos.dtype, np.number) or np.iscomplexobj(pos):
+            raise ValueError(f"positions must be a float32 or float64 array, got dtype {pos.dtype}")
+        pos = pos.astype(np.float64)
+    if not np.all(np.isfinite(pos)):
+        bad = int(np.flatnonzero(~np.isfinite(pos).all(axis=1))[0])
+        raise ValueError(f"positions contain NaN or infinite values (first bad atom: {bad})")
+    cutoff = _check_cutoff(cutoff)
+    periodic = _as_pbc(pbc)
+    cell_arr = None
+    if cell is not None:
+        cell_arr = np.asarray(cell, dtype=np.float64)
+        if cell_arr.shape != (3, 3):
+            raise ValueError(
+                f"cell must have shape (3, 3) with lattice vectors as rows, got {cell_arr.shape}"
+            )
+        if not np.all(np.isfinite(cell_arr)):
+            raise ValueError("cell contains NaN or infinite values")
+    elif any(periodic):
+        raise ValueError("pbc is True along some direction but cell is None")
+    return _core.neighbor_list(pos, cutoff, cell_arr, periodic, bool(full))
+
+
+def neighbor_list_torch(
+    positions: torch.Tensor,
+    cutoff: float,
+    cell: torch.Tensor | None = None,
+    pbc: torch.Tensor | None = None,
+    full: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Torch version of :func:`neighbor_list` (CPU or CUDA); calls ``torch.ops.mlsim.neighbor_list``.
+
+    positions: (N, 3) float32/float64; cell: (3, 3) same dtype or None (no cell); pbc: (3,) bool
+    tensor or None (no pbc). Returns int64 (i, j, shifts) on the device of positions.
+    """
+    if cell is None:
+        cell = torch.zeros((3, 3), dtype=positions.dtype, device=positions.device)
+    if pbc is None:
+        pbc = torch.zeros(3, dtype=torch.bool, device=positions.device)
+    return torch.ops.mlsim.neighbor_list(positions, cell, pbc, float(cutoff), bool(full))
+
+
+def neighbor_list_batch_torch(
+    positions: torch.Tensor,
+    cell: torch.Tensor,
+    pbc: torch.Tensor,
+    ptr: torch.Tensor,
+    cutoff: float,
+    full: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Neighbor lists of B structures at once; calls ``torch.ops.mlsim.neighbor_list_batch``.
+
+    positions: (N, 3) all atoms; cell: (B, 3, 3); pbc: (B, 3) bool; ptr: (B + 1,) int64 offsets,
+    structure b owning atoms ptr[b]:ptr[b+1]. Returned i and j are global atom indices.
+    """
+    return torch.ops.mlsim.neighbor_list_batch(
+        positions, cell, pbc, ptr.to(torch.int64), float(cutoff), bool(full)
+    )

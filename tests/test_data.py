@@ -251,3 +251,23 @@ def test_sample_langevin_and_trajectory(tmp_path):
     assert len(sample_trajectory(tmp_path / "t.traj", every=3)) == 2
     with pytest.raises(ValueError):
         sample(start, EMT, [-5.0], 2)
+
+
+def test_cli_data_info_and_convert(tmp_path, waters, capsys):
+    from mlsim.cli import main
+
+    write(tmp_path / "w.extxyz.gz", waters)
+    assert main(["data", "convert", str(tmp_path / "w.extxyz.gz"), str(tmp_path / "w.npz")]) == 0
+    assert main(["data", "info", str(tmp_path / "w.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "structures    12" in out and "H 24, O 12" in out
+    assert f"max {max(s.energy for s in waters):.6f}" in out
+    assert main(["data", "info", str(tmp_path / "missing.extxyz")]) == 1
+    assert "not found" in capsys.readouterr().err
+
+
+def test_split_fractions_summing_to_one_use_everything():
+    ds = Dataset([Structure([1], [[0.0, 0, 0]], info={"k": k}) for k in range(10)])
+    parts = ds.split(1 / 3, 1 / 3, 1 / 3, seed=0)
+    assert sum(len(p) for p in parts) == 10
+    assert sorted(s.info["k"] for p in parts for s in p) == list(range(10))

@@ -204,6 +204,6 @@ def test_dft_forces_match_finite_differences():
             p[atom, axis] += sign * h
             e.append(lab(Structure(water.numbers, p))[0])
         fd = -(e[0] - e[1]) / (2 * h)
-        # analytic gradient without grid response: agreement to ~1e-3 eV/A on the default grid
-        assert f0[atom, axis] == pytest.approx(fd, abs=3e-3), (atom, axis)
+        # analytic gradient without grid response: measured within 6e-4 eV/A on the default grid
+        assert f0[atom, axis] == pytest.approx(fd, abs=2e-3), (atom, axis)
     assert np.abs(f0.sum(axis=0)).max() < 1e-3  # no net force on an isolated molecule

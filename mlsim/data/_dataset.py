@@ -147,10 +147,9 @@ class Dataset:
         elif all(0 <= float(x) <= 1 for x in sizes):
             if sum(float(x) for x in sizes) > 1 + 1e-9:
                 raise ValueError(f"split fractions {sizes} sum to more than 1")
-            counts = [int(round(float(x) * n)) for x in sizes]
-            # Rounding must not exceed n: trim the largest part if it does.
-            while sum(counts) > n:
-                counts[int(np.argmax(counts))] -= 1
+            # Round the cumulative edges, not each part: fractions summing to 1 use every structure.
+            edges = np.rint(np.cumsum([0.0, *map(float, sizes)]) * n).astype(int)
+            counts = [int(c) for c in np.diff(np.minimum(edges, n))]
         else:
             raise ValueError(
                 f"split sizes must be all counts or all fractions in [0, 1], got {sizes}"

@@ -14,8 +14,8 @@ MIN_DISTANCE = 0.5  # Angstrom; closer atoms are a broken geometry or a unit mis
 _MAX_Z = 118
 
 
-def _min_pair_distance(s: Structure) -> tuple[float, int, int]:
-    """Return (distance, i, j) of the closest atom pair, minimum image under pbc; (inf, -1, -1) if none."""
+def _min_pair_distance(s: Structure, cutoff: float) -> tuple[float, int, int]:
+    """Return (distance, i, j) of the closest pair (images included under pbc); inf if none within cutoff."""
     n = len(s)
     if n < 2 and not s.periodic:
         return float("inf"), -1, -1
@@ -26,12 +26,21 @@ def _min_pair_distance(s: Structure) -> tuple[float, int, int]:
         k = int(np.argmin(r2))
         i, j = divmod(k, n)
         return float(np.sqrt(r2[i, j])), i, j
-    import vesin
+    if not s.periodic:
+        from scipy.spatial import cKDTree
 
-    # A neighbour list with the threshold as cutoff finds every too-close pair, periodic images included.
-    box = s.cell if s.cell is not None else np.zeros((3, 3))
-    nl = vesin.NeighborList(cutoff=MIN_DISTANCE, full_list=False)
-    i_arr, j_arr, dist = nl.compute(s.positions, box, s.pbc, quantities="ijd")
+        pairs = cKDTree(s.positions).query_pairs(cutoff, output_type="ndarray")
+        if len(pairs) == 0:
+            return float("inf"), -1, -1
+        dist = np.linalg.norm(s.positions[pairs[:, 0]] - s.positions[pairs[:, 1]], axis=1)
+        k = int(np.argmin(dist))
+        return float(dist[k]), int(pairs[k, 0]), int(pairs[k, 1])
+    from ase.neighborlist import primitive_neighbor_list
+
+    # Minimum image and periodic copies included: a neighbour list with the threshold as cutoff.
+    i_arr, j_arr, dist = primitive_neighbor_list(
+        "ijd", s.pbc, s.cell, s.positions, cutoff, self_interaction=False
+    )
     if len(dist) == 0:
         return float("inf"), -1, -1
     k = int(np.argmin(dist))
@@ -82,7 +91,7 @@ def validate_structure(
     if s.stress is not None and not np.isfinite(s.stress).all():
         raise ValueError(f"{where}: non-finite (NaN/inf) stress")
     if min_distance > 0:
-        d, i, j = _min_pair_distance(s)
+        d, i, j = _min_pair_distance(s, min_distance)
         if d < min_distance:
             raise ValueError(
                 f"{where}: atoms {i} and {j} are {d:.3f} A apart (< {min_distance} A); "

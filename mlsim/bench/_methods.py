@@ -193,10 +193,13 @@ def xtb_method(method: str = "GFN2-xTB") -> Method:
 # --- DFT (pyscf) ---------------------------------------------------------------------------------
 def dft_method(xc: str = "B3LYP", basis: str = "6-31G*", charge: int = 0) -> Method:
     """Return pyscf RKS/UKS with density fitting: energy Hartree and gradient Hartree/Bohr converted."""
+    import os
+
     try:
-        from pyscf import dft, gto
+        from pyscf import dft, gto, lib
     except ImportError as exc:
         raise Skipped(f"pyscf not importable: {exc}") from exc
+    lib.num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))  # same thread count as the rest
     from ase.data import chemical_symbols
 
     e_fac = units.energy_factor("hartree")

@@ -96,17 +96,15 @@ def _set_threads(threads: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)  # tblite (OpenMP), read when its runtime starts
     import torch
 
-    torch.set_num_threads(threads)
-    try:
-        from pyscf import lib
-
-        lib.num_threads(threads)
-    except ImportError:
-        pass
+    torch.set_num_threads(threads)  # pyscf reads OMP_NUM_THREADS when dft_method imports it
 
 
 def find_test_set(root: Path = EXAMPLES) -> Path | None:
-    """Return the held-out DFT-labelled ethanol test set under examples/ethanol, if it exists."""
+    """Return the held-out DFT-labelled ethanol test set under examples/ethanol, if it exists.
+
+    Prefers `*test*dft*` (the data engineer's naming); unlabelled `*geometries*` files and the
+    xTB-labelled copy are never the reference.
+    """
     if not root.is_dir():
         return None
     cands = [
@@ -115,9 +113,20 @@ def find_test_set(root: Path = EXAMPLES) -> Path | None:
         if p.is_file()
         and _DATA_SUFFIXES & {x.lower() for x in p.suffixes}  # also ethanol_test.extxyz.gz
         and "test" in p.name.lower()
-        and "xtb" not in p.name.lower()
+        and not any(w in p.name.lower() for w in ("xtb", "geometries", "failed"))
     ]
+    cands.sort(key=lambda p: "dft" not in p.name.lower())
     return cands[0] if cands else None
+
+
+def _reference_label(s: Structure) -> str:
+    """Name the reference method from a frame's info (written by `mlsim label`), else assume DFT."""
+    info = s.info
+    functional, basis = info.get("functional") or info.get("xc"), info.get("basis")
+    if functional and basis:
+        return f"{str(functional).upper()}/{str(basis).upper()} (DFT)"
+    method = info.get("method") or info.get("level_of_theory")
+    return str(method) if method and str(method).lower() != "dft" else "B3LYP/6-31G* (DFT)"
 
 
 def _structures(cfg: BenchConfig) -> tuple[list[Structure], str, str]:
@@ -131,11 +140,13 @@ def _structures(cfg: BenchConfig) -> tuple[list[Structure], str, str]:
     path = cfg.test_set or find_test_set()
     limit = cfg.max_structures or (6 if cfg.quick else None)
     if path is not None:
-        structures = load_structures(path)[:limit]
-        ref = str(
-            structures[0].info.get("method") or structures[0].info.get("level_of_theory") or ""
-        )
-        return structures, ref or "B3LYP/6-31G* (DFT)", str(path)
+        try:
+            structures = load_structures(path)[:limit]
+        except ValueError as exc:
+            if cfg.test_set is not None:  # the user named this file: their error to see
+                raise
+            raise Skipped(f"found {path} but cannot use it: {exc}") from exc
+        return structures, _reference_label(structures[0]), str(path)
     if not cfg.quick:
         raise Skipped(
             f"held-out DFT test set not found under {EXAMPLES} (give one with --test-set)"
@@ -230,7 +241,7 @@ def _part_cost(cfg: BenchConfig) -> dict[str, Any]:
         factories,
         structures[:3],
         n_structures={"dft": 2},
-        min_seconds=0.2 if cfg.quick else 2.0,
+        min_seconds=0.1 if cfg.quick else 2.0,
         progress=cfg.progress,
     )
     sec["structures"] = source
@@ -246,7 +257,7 @@ def _part_md(cfg: BenchConfig) -> dict[str, Any]:
     return run_openmm_md(
         ml_alanine_factory(cfg.quick, cfg.work_dir, cfg.md_model, cfg.progress),
         threads=cfg.threads,
-        min_seconds=0.3 if cfg.quick else 5.0,
+        min_seconds=0.2 if cfg.quick else 5.0,
         progress=cfg.progress,
     )
 

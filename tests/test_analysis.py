@@ -334,3 +334,23 @@ def test_vampnet_finds_nonlinear_slow_mode_that_tica_misses():
     assert res.validation_score > 1 + 0.9 * lam**2
     memb = res.transform(trajs[2])
     assert memb.shape == (1500, 2) and np.allclose(memb.sum(1), 1.0, atol=1e-5)
+
+
+def test_choose_lag_picks_first_converged_lag():
+    lags = np.array([1, 2, 5, 10, 20])
+    assert an.choose_lag(lags, np.array([5.0, 8.0, 8.3, 8.4, 8.5]), 0.1) == 2
+    # Never converged: the largest lag whose timescale is still resolved (ITS > lag).
+    assert an.choose_lag(lags, np.array([3.0, 6.0, 12.0, 30.0, 19.0]), 0.1) == 10
+
+
+def test_free_energy_is_minus_log_relative_probability():
+    x = np.array([0.1] * 40 + [1.1] * 10)
+    f, _, _ = an.free_energy_2d(x, np.zeros_like(x), bins=[2, 1], range_=[[0, 2], [-1, 1]])
+    np.testing.assert_allclose(f[:, 0], [0.0, np.log(4.0)], atol=1e-12)
+
+
+def test_split_by_trajectory_needs_two():
+    with pytest.raises(ValueError, match="two trajectories"):
+        an.split_by_trajectory(1)
+    tr, te = an.split_by_trajectory(8, 0.25, seed=3)
+    assert len(te) == 2 and len(tr) == 6 and not set(tr) & set(te)

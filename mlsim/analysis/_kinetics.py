@@ -211,7 +211,9 @@ def chapman_kolmogorov(
         raise ValueError(f"n_sets={n_sets} must be in [2, {n_act} connected microstates]")
     test = _msm_on_states(pieces, lagtime, n_act)
     ck = test.ck_test([test, *models], n_metastable_sets=n_sets)
-    return ChapmanKolmogorov(np.asarray(ck.lagtimes), ck.predictions, ck.estimates)
+    return ChapmanKolmogorov(
+        np.asarray(ck.lagtimes), np.real(ck.predictions), np.real(ck.estimates)
+    )
 
 
 def _msm_on_states(pieces: list[np.ndarray], tau: int, n: int):

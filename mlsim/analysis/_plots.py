@@ -113,7 +113,7 @@ def plot_implied_timescales(
     lag = np.asarray(lagtimes) * dt
     fig, ax = plt.subplots(figsize=(5.2, 4.0))
     for k in range(its.shape[1]):
-        ax.semilogy(lag, np.asarray(its[:, k]) * dt, "o-", ms=3, label=f"process {k + 1}")
+        ax.loglog(lag, np.asarray(its[:, k]) * dt, "o-", ms=3, label=f"process {k + 1}")
     ax.fill_between(lag, 1e-12, lag, color="0.85", label="t < lag (unresolved)")
     if chosen_lag is not None:
         ax.axvline(chosen_lag * dt, color="k", ls=":", lw=1, label="MSM lag")

@@ -1,0 +1,47 @@
+"""`mlsim evaluate MODEL DATA`: energy and force errors of a saved model on labelled data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+NAME = "evaluate"
+HELP = "evaluate a model.pt on labelled data: energy MAE/RMSE per atom, force MAE/RMSE"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the command's options."""
+    parser.add_argument("model", help="model.pt written by mlsim train")
+    parser.add_argument("data", help="labelled data file (any format mlsim.data reads)")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object (machine readable)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=128, help="structures per evaluation batch"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate and print the metrics."""
+    from mlsim.models import load_model
+    from mlsim.train import evaluate, read_structures
+
+    if args.batch_size < 1:
+        raise ValueError("--batch-size must be >= 1")
+    model = load_model(args.model)
+    structures = read_structures(args.data)
+    if not any(s.energy is not None or s.forces is not None for s in structures):
+        raise ValueError(f"{args.data} has no energy or force labels to compare with")
+    metrics = evaluate(model, structures, batch_size=args.batch_size, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(f"structures: {metrics['n_structures']}  atoms: {metrics['n_atoms']}")
+        print(
+            f"energy MAE  {metrics['energy_mae_meV_per_atom']:.3f} meV/atom   RMSE {metrics['energy_rmse_meV_per_atom']:.3f} meV/atom"
+        )
+        print(
+            f"force  MAE  {metrics['force_mae_meV_per_A']:.3f} meV/A      RMSE {metrics['force_rmse_meV_per_A']:.3f} meV/A"
+        )
+    return 0

@@ -1,0 +1,20 @@
+"""Training of mlsim potentials on energies and forces (`mlsim train`) and their evaluation."""
+
+from mlsim.train._batching import Batch, TensorData, collate
+from mlsim.train._config import TrainConfig, load_config
+from mlsim.train._evaluate import evaluate, metrics_from_predictions, predict
+from mlsim.train._trainer import read_structures, split_indices, train
+
+__all__ = [
+    "Batch",
+    "TensorData",
+    "TrainConfig",
+    "collate",
+    "evaluate",
+    "load_config",
+    "metrics_from_predictions",
+    "predict",
+    "read_structures",
+    "split_indices",
+    "train",
+]

@@ -1,0 +1,449 @@
+"""The training loop behind `mlsim train`: energies + forces, AdamW, EMA, early stopping, resume, DDP.
+
+Data parallelism: under `torchrun` every rank takes an equal contiguous share of each global batch
+(the same seeded permutation on every rank), computes its share of the *global-mean* loss, and the
+gradients are summed with one all_reduce (gloo on CPU, nccl on GPU). This is what DDP does; it is
+done by hand because DDP's bucketed hooks do not support the double backward that force training
+needs. The result equals a single-process run with the same global batch up to float summation
+order. Rank 0 alone writes checkpoints, logs and the model.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mlsim.models import (
+    Ensemble,
+    build_model,
+    compute_properties,
+    fit_self_energies,
+    force_rms,
+    save_model,
+)
+from mlsim.train._batching import Batch, TensorData
+from mlsim.train._config import TrainConfig
+from mlsim.train._ema import EMA
+from mlsim.train._evaluate import metrics_from_predictions, predict
+
+__all__ = ["read_structures", "split_indices", "train"]
+
+LOG_FIELDS = [
+    "epoch",
+    "time_s",
+    "lr",
+    "train_loss",
+    "val_energy_mae_meV_per_atom",
+    "val_force_mae_meV_per_A",
+    "val_force_rmse_meV_per_A",
+]
+
+
+def read_structures(path: Path) -> list:
+    """Read a labelled data file with mlsim.data (any format it supports) into a list."""
+    from mlsim.data import read
+
+    ds = read(path)
+    return [ds[i] for i in range(len(ds))]
+
+
+def split_indices(n: int, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/validation split (depends only on n and the config)."""
+    n_val = cfg.n_val if cfg.n_val is not None else max(1, int(round(cfg.val_fraction * n)))
+    if n_val >= n:
+        raise ValueError(f"validation set ({n_val}) leaves no training data out of {n} structures")
+    perm = np.random.default_rng(cfg.seed).permutation(n)
+    val, rest = np.sort(perm[:n_val]), perm[n_val:]
+    if cfg.n_train is not None:
+        if cfg.n_train > len(rest):
+            raise ValueError(
+                f"n_train={cfg.n_train} but only {len(rest)} structures remain after validation"
+            )
+        rest = rest[: cfg.n_train]
+    return np.sort(rest), val
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temp file in the same folder, then rename (never a half-written file)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _atomic_text(text: str, path: Path) -> None:
+    """Write text atomically."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _members(model: nn.Module) -> list[nn.Module]:
+    """The independently trained networks (one unless an ensemble)."""
+    return list(model.members) if isinstance(model, Ensemble) else [model]
+
+
+def _batch_loss(model: nn.Module, b: Batch, cfg: TrainConfig, n_e: int, n_f: int) -> torch.Tensor:
+    """This rank's share of the global-mean loss (divided by global label counts, not local ones)."""
+    total = torch.zeros((), dtype=b.positions.dtype)
+    for member in _members(model):
+        out = compute_properties(
+            member, *b.inputs(), forces=cfg.forces_weight > 0, create_graph=True
+        )
+        if cfg.energy_weight > 0 and n_e > 0:
+            de = (out["energy"] - b.energy.to(out["energy"].dtype)) / b.n_atoms
+            total = total + cfg.energy_weight * (de[b.has_energy] ** 2).sum() / n_e
+        if cfg.forces_weight > 0 and n_f > 0:
+            df = out["forces"] - b.forces
+            total = total + cfg.forces_weight * (df[b.has_forces] ** 2).sum() / (3 * n_f)
+    return total
+
+
+def _rng_state() -> dict[str, Any]:
+    """All random generator states, so a resumed run continues the same random streams."""
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),  # noqa: NPY002 - global state some user code still uses
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(s: dict[str, Any]) -> None:
+    """Restore _rng_state()."""
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])  # noqa: NPY002
+    random.setstate(s["python"])
+
+
+def _plots(out: Path, history: list[dict], pred: dict[str, np.ndarray], label: str) -> None:
+    """Parity plot (energy per atom, force components) and learning curve, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(9, 4.2))
+    he, hf = pred["has_energy"], pred["has_forces"]
+    n = pred["n_atoms"][he]
+    e_ref = pred["energy_ref"][he] / n
+    e_pred = pred["energy_pred"][he] / n
+    m = metrics_from_predictions(pred)
+    shift = e_ref.mean() if e_ref.size else 0.0
+    ax[0].plot((e_ref - shift) * 1000, (e_pred - shift) * 1000, ".", ms=3)
+    ax[0].set_xlabel("reference energy per atom - mean (meV)")
+    ax[0].set_ylabel("predicted (meV)")
+    ax[0].set_title(f"{label}: energy MAE {m['energy_mae_meV_per_atom']:.2f} meV/atom")
+    f_ref = pred["forces_ref"][hf].ravel()
+    f_pred = pred["forces_pred"][hf].ravel()
+    ax[1].plot(f_ref, f_pred, ".", ms=1, alpha=0.5)
+    ax[1].set_xlabel("reference force component (eV/A)")
+    ax[1].set_ylabel("predicted (eV/A)")
+    ax[1].set_title(f"force MAE {m['force_mae_meV_per_A']:.1f} meV/A")
+    for a in ax:
+        lo, hi = a.get_xlim()
+        a.plot([lo, hi], [lo, hi], "k-", lw=0.5)
+    fig.tight_layout()
+    fig.savefig(out / "parity.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ep = [h["epoch"] for h in history]
+    ax.semilogy(ep, [h["val_force_mae_meV_per_A"] for h in history], label="val force MAE (meV/A)")
+    ax.semilogy(
+        ep, [h["val_energy_mae_meV_per_atom"] for h in history], label="val energy MAE (meV/atom)"
+    )
+    ax.set_xlabel("epoch")
+    ax.legend()
+    ax2 = ax.twinx()
+    ax2.semilogy(ep, [h["train_loss"] for h in history], "k:", lw=0.8)
+    ax2.set_ylabel("train loss (dotted)")
+    fig.tight_layout()
+    fig.savefig(out / "learning_curve.png", dpi=120)
+    plt.close(fig)
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); initialises torch.distributed when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _all_reduce_grads(params: list[torch.nn.Parameter], extra: torch.Tensor) -> torch.Tensor:
+    """Sum gradients (and a few scalars) over ranks with one flattened all_reduce."""
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads] + [extra.reshape(-1).to(grads[0].dtype)])
+    dist.all_reduce(flat)
+    k = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[k : k + n].view_as(p).clone()
+        k += n
+    return flat[k:]
+
+
+def train(
+    cfg: TrainConfig,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after_epochs: int | None = None,
+) -> dict[str, Any]:
+    """Train per `cfg`; returns a summary dict (also written to OUTPUT/summary.json).
+
+    `stop_after_epochs` ends this process after that many epochs *of this call* without the final
+    model/plots, as if interrupted: used to test that --resume continues bit-for-bit.
+    """
+    rank, world = _distributed()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
+    out = cfg.path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+    if not resume and ckpt_path.exists() and rank == 0:
+        raise ValueError(
+            f"{ckpt_path} exists; pass --resume to continue it or choose another output folder"
+        )
+
+    structures = read_structures(cfg.path(cfg.data))
+    if any(s.forces is None for s in structures) and cfg.forces_weight > 0:
+        raise ValueError(f"{cfg.data}: every structure needs forces when forces_weight > 0")
+    train_idx, val_idx = split_indices(len(structures), cfg)
+    train_set = [structures[i] for i in train_idx]
+    val_set = [structures[i] for i in val_idx]
+    elements = sorted({int(z) for s in structures for z in s.numbers})
+    train_data = TensorData(train_set, dtype)
+
+    torch.manual_seed(cfg.seed)
+    member_spec = {
+        "architecture": cfg.model["architecture"],
+        "elements": elements,
+        "self_energies": {str(z): e for z, e in fit_self_energies(train_set, elements).items()},
+        "hyperparameters": {
+            **(cfg.model.get("hyperparameters") or {}),
+            "energy_scale": force_rms(train_set),
+        },
+    }
+    spec = (
+        member_spec
+        if cfg.ensemble == 1
+        else {"architecture": "ensemble", "members": [member_spec] * cfg.ensemble}
+    )
+    model = build_model(spec).to(dtype)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.schedule == "plateau":
+        sched: Any = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt,
+            mode="min",
+            factor=cfg.plateau_factor,
+            patience=cfg.plateau_patience,
+            min_lr=cfg.min_lr,
+        )
+    else:
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=cfg.epochs, eta_min=cfg.min_lr
+        )
+    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    state: dict[str, Any] = {
+        "epoch": 0,
+        "best_val": math.inf,
+        "best_epoch": -1,
+        "bad_epochs": 0,
+        "elapsed": 0.0,
+        "best_state": None,
+        "history": [],
+    }
+
+    if resume:
+        if not ckpt_path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if ck["spec"] != spec or not np.array_equal(ck["train_idx"], train_idx):
+            raise ValueError(
+                f"{ckpt_path} was written for a different data set or model; cannot resume"
+            )
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(ck["ema"])
+        state = ck["state"]
+        _set_rng_state(ck["rng"])
+
+    def eval_model() -> nn.Module:
+        """A copy of the model carrying the EMA weights (or the raw ones without EMA)."""
+        m = copy.deepcopy(model)
+        if ema is not None:
+            m.load_state_dict(ema.shadow)
+        return m.eval()
+
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=cfg.epochs,
+        initial=state["epoch"],
+        desc="train",
+        unit="epoch",
+        file=sys.stderr,
+        disable=not progress or rank != 0,
+    )
+    epochs_this_call = 0
+    stop_reason = "epochs"
+    n_train = len(train_data)
+    while state["epoch"] < cfg.epochs:
+        t0 = time.perf_counter()
+        epoch = state["epoch"]
+        model.train()
+        # The permutation depends only on (seed, epoch): identical on every rank and after resume.
+        perm = np.random.default_rng([cfg.seed, epoch]).permutation(n_train)
+        loss_sum = 0.0
+        for start in range(0, n_train, cfg.batch_size):
+            chunk = perm[start : start + cfg.batch_size]
+            n_e = int(train_data.has_energy[torch.from_numpy(chunk)].sum())
+            n_f = int(
+                sum(
+                    int(train_data.n_atoms[k])
+                    for k in chunk
+                    if bool(train_data.has_forces[train_data.ptr[k]])
+                )
+            )
+            local = np.array_split(chunk, world)[rank]
+            opt.zero_grad(set_to_none=False)
+            if len(local):
+                loss = _batch_loss(model, train_data.batch(local), cfg, n_e, n_f)
+                loss.backward()
+                loss_val = loss.detach()
+            else:
+                loss_val = torch.zeros(())
+            if world > 1:
+                loss_val = _all_reduce_grads(params, loss_val)[0]
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            if ema is not None:
+                ema.update(model)
+            loss_sum += float(loss_val) * len(chunk)
+        pred = predict(eval_model(), val_set, cfg.eval_batch_size, dtype=dtype)
+        vm = metrics_from_predictions(pred)
+        val_f = (
+            vm["force_mae_meV_per_A"] if cfg.forces_weight > 0 else vm["energy_mae_meV_per_atom"]
+        )
+        lr = opt.param_groups[0]["lr"]
+        if cfg.schedule == "plateau":
+            sched.step(val_f)
+        else:
+            sched.step()
+        state["elapsed"] += time.perf_counter() - t0
+        state["epoch"] = epoch + 1
+        if val_f < state["best_val"]:
+            state.update(best_val=val_f, best_epoch=epoch + 1, bad_epochs=0)
+            state["best_state"] = {k: v.clone() for k, v in eval_model().state_dict().items()}
+        else:
+            state["bad_epochs"] += 1
+        row = {
+            "epoch": epoch + 1,
+            "time_s": round(state["elapsed"], 3),
+            "lr": lr,
+            "train_loss": loss_sum / n_train,
+            "val_energy_mae_meV_per_atom": vm["energy_mae_meV_per_atom"],
+            "val_force_mae_meV_per_A": vm["force_mae_meV_per_A"],
+            "val_force_rmse_meV_per_A": vm["force_rmse_meV_per_A"],
+        }
+        state["history"].append(row)
+        if rank == 0:
+            ck = {
+                "format": "mlsim-checkpoint/1",
+                "config": dataclasses.asdict(cfg),
+                "spec": spec,
+                "train_idx": train_idx,
+                "val_idx": val_idx,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
+                "state": state,
+                "rng": _rng_state(),
+            }
+            _atomic_save(ck, ckpt_path)
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=LOG_FIELDS)
+            w.writeheader()
+            w.writerows(state["history"])
+            _atomic_text(buf.getvalue(), out / "log.csv")
+        bar.update(1)
+        bar.set_postfix(
+            loss=f"{row['train_loss']:.3g}",
+            val_F=f"{val_f:.1f}",
+            best=f"{state['best_val']:.1f}",
+            lr=f"{lr:.1e}",
+        )
+        epochs_this_call += 1
+        if state["bad_epochs"] >= cfg.early_stopping_patience:
+            stop_reason = "early_stopping"
+            break
+        if cfg.time_budget_min is not None and state["elapsed"] >= 60 * cfg.time_budget_min:
+            stop_reason = "time_budget"
+            break
+        if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
+            bar.close()
+            return {"stopped": "interrupted", "epoch": state["epoch"]}
+    bar.close()
+
+    summary: dict[str, Any] = {
+        "stop_reason": stop_reason,
+        "epochs": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        "train_time_s": state["elapsed"],
+        "n_train": int(len(train_idx)),
+        "n_val": int(len(val_idx)),
+        "world_size": world,
+    }
+    if rank == 0:
+        final = copy.deepcopy(model)
+        final.load_state_dict(state["best_state"])
+        final.eval()
+        pred = predict(final, val_set, cfg.eval_batch_size, dtype=dtype)
+        summary["val"] = metrics_from_predictions(pred)
+        label = "validation"
+        if cfg.test_data:
+            test_set = read_structures(cfg.path(cfg.test_data))
+            pred = predict(final, test_set, cfg.eval_batch_size, progress=progress, dtype=dtype)
+            summary["test"] = metrics_from_predictions(pred)
+            label = "test"
+        save_model(final.float(), out / "model.pt", spec, extra={"training": summary})
+        if cfg.plots:
+            _plots(out, state["history"], pred, label)
+        _atomic_text(json.dumps(summary, indent=1), out / "summary.json")
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return summary

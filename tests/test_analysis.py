@@ -275,7 +275,9 @@ def test_make_windows_alignment():
 # --- end to end ------------------------------------------------------------------------------
 
 
-def test_cli_analyze_writes_plots_and_summary(alanine_set, tmp_path):
+def test_cli_analyze_writes_plots_and_summary(alanine_set, tmp_path, capsys):
+    from mlsim.cli import main
+
     trajs, _ = alanine_set
     paths = []
     for i, t in enumerate(trajs):
@@ -283,11 +285,12 @@ def test_cli_analyze_writes_plots_and_summary(alanine_set, tmp_path):
         t.save_dcd(str(p))
         paths.append(str(p))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "mlsim", "analyze", *paths, "--top", str(ALANINE_PDB)]
-    cmd += ["-o", str(out), "--dt-ps", "1", "--clusters", "12", "--lags", "1,2,4"]
-    cmd += ["--bootstrap", "5", "--epochs", "8", "--lstm-epochs", "2", "--no-vampnet"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
+    # In-process (same argparse wiring as the console script) to skip a second torch import.
+    argv = ["analyze", *paths, "--top", str(ALANINE_PDB), "-o", str(out), "--dt-ps", "1"]
+    argv += ["--clusters", "12", "--lags", "1,2,4", "--bootstrap", "5", "--epochs", "8"]
+    argv += ["--lstm-epochs", "2", "--no-vampnet"]
+    assert main(argv) == 0
+    assert "summary.json" in capsys.readouterr().out
     for name in ("ramachandran.png", "tica.png", "implied_timescales.png", "summary.json"):
         assert (out / name).stat().st_size > 1000 or name == "summary.json"
     s = json.loads((out / "summary.json").read_text())

@@ -129,6 +129,7 @@ def main() -> int:
         "total_time_ns": s["total_time_ns"],
         "frame_interval_ps": 1.0,
         "slowest_implied_timescale_ps": msm["slowest_implied_timescale_ps"],
+        "slowest_implied_timescale_ps_bootstrap": s.get("msm_bootstrap"),
         "implied_timescales_ps": msm["implied_timescales_ps"],
         "msm_lag_ps": msm["lag_ps"],
         "its_lagtimes_ps": msm["its_lagtimes_ps"],

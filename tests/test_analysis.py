@@ -153,6 +153,10 @@ def test_bootstrap_population_uncertainty_covers_truth():
     mean, std = an.bootstrap_observable_populations(dtrajs, 1, np.eye(3), n_samples=20, seed=1)
     assert np.all(std > 0)
     assert np.all(np.abs(mean - _PI3) < 4 * std + 0.01)
+    _, its = an.bootstrap_msm(dtrajs, 1, np.eye(3), n_samples=20, seed=1, n_its=1)
+    true_slowest = -1.0 / np.log(np.sort(np.linalg.eigvals(p).real)[-2])
+    assert its.shape == (20, 1) and its.std() > 0
+    assert abs(its.mean() - true_slowest) < 4 * its.std() + 0.05 * true_slowest
 
 
 def test_msm_rejects_bad_input():

@@ -28,6 +28,7 @@ from mlsim.analysis._forecast import (
 from mlsim.analysis._kinetics import (
     ChapmanKolmogorov,
     MSMResult,
+    bootstrap_msm,
     bootstrap_observable_populations,
     chapman_kolmogorov,
     estimate_msm,
@@ -60,6 +61,7 @@ __all__ = [
     "alanine_state_labels",
     "analyze",
     "analyze_trajectories",
+    "bootstrap_msm",
     "bootstrap_observable_populations",
     "chapman_kolmogorov",
     "check_trajectory",

@@ -17,6 +17,7 @@ import numpy as np
 __all__ = [
     "ChapmanKolmogorov",
     "MSMResult",
+    "bootstrap_msm",
     "bootstrap_observable_populations",
     "chapman_kolmogorov",
     "estimate_msm",
@@ -240,17 +241,19 @@ def observable_populations(result: MSMResult, membership: np.ndarray) -> np.ndar
     return result.stationary_full @ m
 
 
-def bootstrap_observable_populations(
+def bootstrap_msm(
     dtrajs: Sequence[np.ndarray],
     lagtime: int,
     membership: np.ndarray,
     n_samples: int = 50,
     seed: int = 0,
+    n_its: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation of MSM label populations over bootstrap samples of trajectories.
+    """MSM label populations (S, n_labels) and timescales (S, n_its, frames) over bootstrap samples.
 
-    Each sample draws whole trajectories with replacement (at least two distinct ones are needed
-    for a spread); with a single trajectory its two halves are the resampling units.
+    Each sample draws whole trajectories with replacement (frames within a trajectory are
+    correlated, so resampling frames would understate the error); with a single trajectory its
+    two halves are the resampling units.
     """
     dt = _check_dtrajs(dtrajs)
     if len(dt) == 1:
@@ -258,15 +261,30 @@ def bootstrap_observable_populations(
         dt = [dt[0][:half], dt[0][half:]]
     n = membership.shape[0]
     rng = np.random.default_rng(seed)
-    samples = []
+    pops, its = [], []
     for _ in range(n_samples):
         pick = rng.integers(0, len(dt), size=len(dt))
         try:
             res = estimate_msm([dt[i] for i in pick], lagtime, n)
         except ValueError:
             continue  # a resample with no connected transitions carries no information
-        samples.append(observable_populations(res, membership))
-    if len(samples) < 2:
+        pops.append(observable_populations(res, membership))
+        ts = np.full(n_its, np.nan)
+        got = res.timescales(n_its)[:n_its]
+        ts[: len(got)] = got
+        its.append(ts)
+    if len(pops) < 2:
         raise ValueError("too few usable bootstrap samples; need more or longer trajectories")
-    s = np.asarray(samples)
+    return np.asarray(pops), np.asarray(its)
+
+
+def bootstrap_observable_populations(
+    dtrajs: Sequence[np.ndarray],
+    lagtime: int,
+    membership: np.ndarray,
+    n_samples: int = 50,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of MSM label populations over bootstrap samples of trajectories."""
+    s, _ = bootstrap_msm(dtrajs, lagtime, membership, n_samples, seed)
     return s.mean(axis=0), s.std(axis=0, ddof=1)

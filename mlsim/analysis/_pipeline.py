@@ -221,7 +221,9 @@ def analyze_trajectories(
     # --- alanine dipeptide: phi/psi states and the models on them ------------------------------
     if dih is not None and dih[0].shape[1] == 4:
         summary.update(
-            _alanine_section(trajs, dih, dtrajs, n_micro, lag, cfg, out, heavy_atom_distances)
+            _alanine_section(
+                trajs, dih, dtrajs, n_micro, lag, cfg, out, heavy_atom_distances, dt_ps
+            )
         )
     elif dih is not None:
         summary["states"] = "skipped: phi/psi state labels are defined for alanine dipeptide only"
@@ -235,7 +237,9 @@ def analyze_trajectories(
     return _clean(summary)
 
 
-def _alanine_section(trajs, dih, dtrajs, n_micro, lag, cfg, out, heavy_atom_distances) -> dict:
+def _alanine_section(
+    trajs, dih, dtrajs, n_micro, lag, cfg, out, heavy_atom_distances, dt_ps
+) -> dict:
     """State labels, populations with uncertainties, classifier + attributions, forecasts."""
     from mlsim.analysis import _kinetics as kin
     from mlsim.analysis import _plots as plots
@@ -257,9 +261,16 @@ def _alanine_section(trajs, dih, dtrajs, n_micro, lag, cfg, out, heavy_atom_dist
     member = microstate_membership(dtrajs, labels, n_micro, n_states)
     msm = kin.estimate_msm(dtrajs, lag, n_micro)
     pop = kin.observable_populations(msm, member)
-    mean, std = kin.bootstrap_observable_populations(
+    boot_pop, boot_its = kin.bootstrap_msm(
         dtrajs, lag, member, n_samples=cfg.n_bootstrap, seed=cfg.seed
     )
+    mean, std = boot_pop.mean(0), boot_pop.std(0, ddof=1)
+    slow = boot_its[:, 0] * dt_ps
+    res["msm_bootstrap"] = {
+        "n_samples": len(slow),
+        "slowest_implied_timescale_ps_mean": float(np.nanmean(slow)),
+        "slowest_implied_timescale_ps_std": float(np.nanstd(slow, ddof=1)),
+    }
     h = len(trajs) // 2
     halves = {}
     for name, sel in (("first_half", slice(0, h)), ("second_half", slice(h, None))):

@@ -51,11 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--retry-failed", action="store_true", help="try structures in the failed file again"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--energy-unit", help="units of an npz input that does not record them")
+    parser.add_argument("--length-unit", help="units of an npz input that does not record them")
 
 
 def run(args: argparse.Namespace) -> int:
     """Label the input; already-labelled structures in --out are kept and skipped."""
-    from mlsim.data import label
+    from mlsim.data import label, read
 
     options: dict[str, object] = {}
     if args.method in ("dft", "xtb"):
@@ -69,8 +71,9 @@ def run(args: argparse.Namespace) -> int:
         }
     if args.limit is not None and args.limit < 0:
         raise ValueError("--limit must be >= 0")
+    inputs = read(args.input, energy_unit=args.energy_unit, length_unit=args.length_unit)
     summary = label(
-        args.input,
+        inputs,
         args.out,
         args.method,
         failed=args.failed,

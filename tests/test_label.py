@@ -207,3 +207,15 @@ def test_dft_forces_match_finite_differences():
         # analytic gradient without grid response: measured within 6e-4 eV/A on the default grid
         assert f0[atom, axis] == pytest.approx(fd, abs=2e-3), (atom, axis)
     assert np.abs(f0.sum(axis=0)).max() < 1e-3  # no net force on an isolated molecule
+
+
+def test_finished_gzip_output_is_compacted(tmp_path):
+    inp = Dataset(_clusters(6))
+    out = tmp_path / "c.extxyz.gz"
+    label(inp, out, "ase.calculators.emt:EMT", progress=False, limit=3)
+    label(inp, out, "ase.calculators.emt:EMT", progress=False, limit=5)
+    partial = out.read_bytes()
+    assert partial.count(b"\x1f\x8b\x08") >= 5  # one gzip member per frame while running
+    label(inp, out, "ase.calculators.emt:EMT", progress=False)
+    assert out.read_bytes().count(b"\x1f\x8b\x08") == 1  # one stream once complete
+    assert sorted(_labels(out)) == list(range(6))

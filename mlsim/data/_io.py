@@ -243,7 +243,11 @@ def _atomic_target(path: Path) -> tuple[int, str]:
     """Open a temporary file next to `path` (same filesystem, so os.replace is atomic)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes[-2:]) if _is_gzip(path) else path.suffix
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a data file should be as readable as any
+    return fd, tmp
 
 
 def _json_safe(info: dict[str, Any]) -> dict[str, Any]:

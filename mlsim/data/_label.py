@@ -79,6 +79,13 @@ def _check_existing(
     return done
 
 
+def _compact(path: Path) -> None:
+    """Rewrite a finished one-gzip-member-per-frame file as one stream (about half the size)."""
+    from mlsim.data._io import write
+
+    write(path, read_frames_repairing(path))
+
+
 def label(
     inputs: str | Path | Dataset | Sequence[Structure],
     out: str | Path,
@@ -171,6 +178,8 @@ def label(
                 bar.set_postfix(failed=len(failed_before) + n_bad if not retry_failed else n_bad)
         if bar is not None:
             bar.close()
+        if n == len(ds) and str(out).lower().endswith(".gz") and todo:
+            _compact(out)
     finally:
         os.close(lock_fd)
     return LabelSummary(n, n_already, n_ok, n_bad, out, failed)

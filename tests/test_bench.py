@@ -215,3 +215,25 @@ def test_charmm36_forces_are_minus_gradient_in_ev_per_angstrom():
         ep, _ = method.evaluate(Structure(numbers=s.numbers, positions=plus))
         em, _ = method.evaluate(Structure(numbers=s.numbers, positions=minus))
         assert -(ep - em) / (2 * h) == pytest.approx(forces[atom, axis], abs=2e-5, rel=1e-4)
+
+
+def test_a_broken_part_is_reported_failed_and_the_report_still_written(tmp_path, monkeypatch):
+    from mlsim.bench import _runner
+
+    def broken(cfg):
+        raise RuntimeError("back-end exploded")
+
+    def fine(cfg):
+        return {"baseline": None, "n_atoms": 9, "methods": {}}
+
+    monkeypatch.setitem(_runner._PART_FUNCS, "accuracy", broken)
+    monkeypatch.setitem(_runner._PART_FUNCS, "cost", fine)
+    report = run_bench(
+        BenchConfig(only=("accuracy", "cost"), out_dir=tmp_path, peer_dir=tmp_path, progress=False)
+    )
+    acc = report["sections"]["accuracy"]
+    assert acc["status"] == "failed" and "back-end exploded" in acc["reason"]
+    assert report["sections"]["cost"]["status"] == "ok"
+    md = (tmp_path / "report.md").read_text()
+    assert "_failed: RuntimeError: back-end exploded_" in md
+    assert "_not run_ (openmm_md.json missing)" in md

@@ -219,3 +219,16 @@ def test_finished_gzip_output_is_compacted(tmp_path):
     label(inp, out, "ase.calculators.emt:EMT", progress=False)
     assert out.read_bytes().count(b"\x1f\x8b\x08") == 1  # one stream once complete
     assert sorted(_labels(out)) == list(range(6))
+
+
+def test_dft_scf_rescue_and_failure():
+    from mlsim.data._backends import LabelFailure, PySCFLabeller
+
+    h2 = Structure([1, 1], [[0.0, 0.0, 0.0], [0.0, 0.0, 0.9]])
+    e_ref, f_ref, _ = PySCFLabeller("lda", "sto-3g", threads=1)(h2)
+    # DIIS stopped after 1 cycle: the Newton fallback finishes the job and gives the same answer
+    e, f, info = PySCFLabeller("lda", "sto-3g", threads=1, max_cycle=1)(h2)
+    assert info["scf_newton"] and e == pytest.approx(e_ref, abs=1e-6)
+    np.testing.assert_allclose(f, f_ref, atol=1e-4)
+    with pytest.raises(LabelFailure, match="did not converge"):
+        PySCFLabeller("lda", "sto-3g", threads=1, max_cycle=1, newton_cycles=0)(h2)

@@ -40,12 +40,14 @@ class PySCFLabeller:
         threads: int | None = None,
         conv_tol: float = 1e-9,
         max_cycle: int = 100,
+        newton_cycles: int = 50,
     ) -> None:
         import pyscf
 
         self.functional, self.basis = functional, basis
         self.density_fit, self.charge, self.spin = density_fit, charge, spin
         self.threads, self.conv_tol, self.max_cycle = threads, conv_tol, max_cycle
+        self.newton_cycles = newton_cycles
         self.name = f"{functional.upper()}/{basis.upper()}"
         self.program = f"pyscf {pyscf.__version__}"
 
@@ -85,12 +87,13 @@ class PySCFLabeller:
             # Second-order SCF from where DIIS stopped rescues most oscillating cases.
             newton = True
             mf2 = mf.newton()
-            mf2.max_cycle = 50
+            mf2.max_cycle = self.newton_cycles
             mf2.kernel(mf.mo_coeff, mf.mo_occ)
             mf = mf2
         if not mf.converged:
             raise LabelFailure(
-                f"SCF did not converge ({self.max_cycle} DIIS cycles, then 50 Newton cycles)"
+                f"SCF did not converge ({self.max_cycle} DIIS cycles, then "
+                f"{self.newton_cycles} Newton cycles)"
             )
         grad = mf.nuc_grad_method().kernel()  # Hartree/Bohr
         energy = float(mf.e_tot) * EV_PER_HARTREE

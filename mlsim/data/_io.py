@@ -12,6 +12,7 @@ import io
 import json
 import os
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -88,7 +89,19 @@ def read(
         from ase.io import read as ase_read
 
         try:
-            frames = ase_read(path, index=":", format="extxyz" if fmt == "extxyz" else None)
+            if fmt == "extxyz":
+                # Complete frames only: a file that `mlsim label` is still appending to reads fine.
+                text, good, size = _complete_text(path)
+                if good != size:
+                    warnings.warn(
+                        f"{path}: ignored an incomplete last frame (still being written?)",
+                        stacklevel=2,
+                    )
+                frames = (
+                    ase_read(io.StringIO(text), index=":", format="extxyz") if text.strip() else []
+                )
+            else:
+                frames = ase_read(path, index=":")
         except Exception as exc:  # ASE raises many types; say which file failed and why
             raise ValueError(f"cannot read {path}: {exc}") from exc
         ds = Dataset([Structure.from_atoms(a) for a in frames])
@@ -416,13 +429,8 @@ def _complete_extxyz_prefix(text: str) -> int:
     return good
 
 
-def read_frames_repairing(path: str | Path) -> list[Structure]:
-    """Read an append-only extxyz(.gz) file, truncating a torn last frame left by a killed writer."""
-    from ase.io import read as ase_read
-
-    path = Path(path)
-    if not path.exists():
-        return []
+def _complete_text(path: Path) -> tuple[str, int, int]:
+    """Return (text of the complete frames, their size in bytes on disk, file size)."""
     raw = path.read_bytes()
     if _is_gzip(path):
         import zlib
@@ -439,22 +447,29 @@ def read_frames_repairing(path: str | Path) -> list[Structure]:
             chunks.append(chunk)
             pos = len(raw) - len(d.unused_data)
         text = b"".join(chunks).decode()
-        good_bytes = pos
-        cut = _complete_extxyz_prefix(text)
-        if cut != len(text):
-            raise ValueError(
-                f"{path}: a complete gzip member holds a broken extxyz frame; fix by hand"
-            )
-    else:
-        text = raw.decode(errors="replace")
-        cut = _complete_extxyz_prefix(text)
-        good_bytes = len(text[:cut].encode())
-        text = text[:cut]
-    if good_bytes != len(raw):
-        with open(
-            path, "r+b"
-        ) as fh:  # drop the torn tail so later appends start on a frame boundary
-            fh.truncate(good_bytes)
+        if _complete_extxyz_prefix(text) != len(text):
+            raise ValueError(f"{path}: a complete gzip member holds a broken extxyz frame")
+        return text, pos, len(raw)
+    text = raw.decode(errors="replace")
+    cut = _complete_extxyz_prefix(text)
+    return text[:cut], len(text[:cut].encode()), len(raw)
+
+
+def read_frames_repairing(path: str | Path, *, repair: bool = False) -> list[Structure]:
+    """Read the complete frames of an append-only extxyz(.gz) file, ignoring a torn last frame.
+
+    With `repair` (only for the writer holding the file's lock) the torn tail is also cut off, so
+    later appends start on a frame boundary; a reader must not, as the tail may be a write in flight.
+    """
+    from ase.io import read as ase_read
+
+    path = Path(path)
+    if not path.exists():
+        return []
+    text, good, size = _complete_text(path)
+    if repair and good != size:
+        with open(path, "r+b") as fh:
+            fh.truncate(good)
     if not text.strip():
         return []
     return [

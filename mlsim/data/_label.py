@@ -124,8 +124,10 @@ def label(
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise ValueError(f"{out} is being written by another mlsim label process") from None
-        done = _check_existing(read_frames_repairing(out), ds, out, labeller.name)
-        failed_before = _check_existing(read_frames_repairing(failed), ds, failed, labeller.name)
+        done = _check_existing(read_frames_repairing(out, repair=True), ds, out, labeller.name)
+        failed_before = _check_existing(
+            read_frames_repairing(failed, repair=True), ds, failed, labeller.name
+        )
         if done & failed_before:
             raise ValueError(
                 f"structures {sorted(done & failed_before)[:5]} are in both {out} and {failed}"

@@ -9,10 +9,15 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
 #include <limits>
 #include <stdexcept>
 #include <string>
 #include <thread>
+
+#include <sys/mman.h>
 
 namespace mlsim {
 namespace detail {
@@ -114,7 +119,8 @@ Box make_box(const NeighborOptions& options) {
     return b;
 }
 
-Grid make_grid(const Box& box, double cutoff, int64_t n_atoms, const double* smin, const double* smax) {
+Grid make_grid(const Box& box, double cutoff, int64_t n_atoms, const double* smin, const double* smax,
+               int subdivisions) {
     Grid g;
     const double rc = cutoff * (1.0 + kSlack);
     std::array<double, 3> extent{};
@@ -127,7 +133,7 @@ Grid make_grid(const Box& box, double cutoff, int64_t n_atoms, const double* smi
             extent[k] = std::max(smax[k] - smin[k], 0.0);
         }
         double length = extent[k] * box.width[k];
-        double nb = std::floor(length / rc);
+        double nb = std::floor(length * subdivisions / rc);
         g.nbins[k] = static_cast<int32_t>(std::clamp(nb, 1.0, 1.0e6));
     }
     // Sparse systems (atoms far apart without pbc) would otherwise ask for more bins than atoms.
@@ -138,12 +144,9 @@ Grid make_grid(const Box& box, double cutoff, int64_t n_atoms, const double* smi
     }
     for (int k = 0; k < 3; ++k) {
         double bin_length = extent[k] * box.width[k] / g.nbins[k];
-        if (box.periodic[k]) {
-            // Cells thinner than the cutoff: search several periodic images of the single bin.
-            g.reach[k] = static_cast<int32_t>(std::max(1.0, std::ceil(rc / bin_length)));
-        } else {
-            g.reach[k] = 1;  // bins are at least a cutoff wide, or there is only one
-        }
+        // Periodic cells thinner than the cutoff search several images of their bins.
+        g.reach[k] = bin_length > 0.0 ? static_cast<int32_t>(std::max(1.0, std::ceil(rc / bin_length))) : 1;
+        if (!box.periodic[k]) g.reach[k] = std::min(g.reach[k], std::max(1, g.nbins[k] - 1));
         g.inv_width[k] = extent[k] > 0.0 ? g.nbins[k] / extent[k] : 0.0;
     }
     return g;
@@ -240,137 +243,231 @@ NeighborList compute_neighbors(const double* positions, int64_t n_atoms, const N
     const int32_t nb0 = grid.nbins[0], nb1 = grid.nbins[1], nb2 = grid.nbins[2];
     const int64_t n_bins = static_cast<int64_t>(nb0) * nb1 * nb2;
 
-    // 2. Counting sort by bin (stable: atoms of a bin stay in input order).
-    std::vector<int32_t> atom_bin3(3 * static_cast<size_t>(n));
+    // 2. Counting sort by bin (stable: atoms of a bin stay in input order), positions as SoA.
     std::vector<int32_t> atom_bin(n);
     std::vector<int64_t> start(n_bins + 1, 0);
     for (int32_t a = 0; a < n; ++a) {
         int32_t b[3];
-        for (int k = 0; k < 3; ++k) {
-            b[k] = bin_of(frac[3 * a + k], grid.origin[k], grid.inv_width[k], grid.nbins[k]);
-            atom_bin3[3 * a + k] = b[k];
-        }
+        for (int k = 0; k < 3; ++k) b[k] = bin_of(frac[3 * a + k], grid.origin[k], grid.inv_width[k], grid.nbins[k]);
         atom_bin[a] = (b[0] * nb1 + b[1]) * nb2 + b[2];
         start[atom_bin[a] + 1]++;
     }
     for (int64_t b = 0; b < n_bins; ++b) start[b + 1] += start[b];
-    std::vector<double> sorted_pos(3 * static_cast<size_t>(n));
+    std::vector<double> xs(n), ys(n), zs(n);
     std::vector<int32_t> sorted_idx(n);
     {
         std::vector<int64_t> fill(start.begin(), start.end() - 1);
         for (int32_t a = 0; a < n; ++a) {
             int64_t p = fill[atom_bin[a]]++;
             sorted_idx[p] = a;
-            sorted_pos[3 * p] = wrapped[3 * a];
-            sorted_pos[3 * p + 1] = wrapped[3 * a + 1];
-            sorted_pos[3 * p + 2] = wrapped[3 * a + 2];
+            xs[p] = wrapped[3 * a];
+            ys[p] = wrapped[3 * a + 1];
+            zs[p] = wrapped[3 * a + 2];
         }
     }
 
     // 3. Per-direction stencil: for bin b and offset o, the neighbor bin and its periodic image.
     struct Step {
-        int32_t bin;
+        int32_t bin;    // < 0: outside a non-periodic direction
         int32_t image;
     };
-    std::array<std::vector<Step>, 3> steps;  // steps[k][b * (2 reach + 1) + o], bin < 0: none
+    std::array<std::vector<Step>, 3> steps;  // steps[k][b * (2 reach + 1) + o]
+    std::array<int32_t, 3> image_min{}, image_count{};
     for (int k = 0; k < 3; ++k) {
         const int32_t nbk = grid.nbins[k], r = grid.reach[k], width = 2 * r + 1;
         steps[k].resize(static_cast<size_t>(nbk) * width);
+        int32_t lo = 0, hi = 0;
         for (int32_t b = 0; b < nbk; ++b) {
             for (int32_t o = -r; o <= r; ++o) {
                 int32_t t = b + o;
-                Step s{-1, 0};
+                Step st{-1, 0};
                 if (box.periodic[k]) {
                     int32_t img = (t >= 0) ? t / nbk : -((-t + nbk - 1) / nbk);
-                    s = {t - img * nbk, img};
+                    st = {t - img * nbk, img};
+                    lo = std::min(lo, img);
+                    hi = std::max(hi, img);
                 } else if (t >= 0 && t < nbk) {
-                    s = {t, 0};
+                    st = {t, 0};
                 }
-                steps[k][static_cast<size_t>(b) * width + (o + r)] = s;
+                steps[k][static_cast<size_t>(b) * width + (o + r)] = st;
+            }
+        }
+        image_min[k] = lo;
+        image_count[k] = hi - lo + 1;
+    }
+    result.images_.resize(3 * static_cast<size_t>(image_count[0]) * image_count[1] * image_count[2]);
+    for (int32_t a = 0; a < image_count[0]; ++a) {
+        for (int32_t b = 0; b < image_count[1]; ++b) {
+            for (int32_t c = 0; c < image_count[2]; ++c) {
+                size_t id = (static_cast<size_t>(a) * image_count[1] + b) * image_count[2] + c;
+                result.images_[3 * id] = a + image_min[0];
+                result.images_[3 * id + 1] = b + image_min[1];
+                result.images_[3 * id + 2] = c + image_min[2];
             }
         }
     }
+    const int32_t zero_image = ((-image_min[0]) * image_count[1] - image_min[1]) * image_count[2] - image_min[2];
 
-    // 4. Pair search, chunks of atoms i in input order.
+    // 4. Pair search bin by bin. For each bin the stencil becomes a list of runs: ranges of sorted
+    // atoms (consecutive bins along the last direction are contiguous) sharing one image.
     const double rc2 = options.cutoff * options.cutoff;
     const bool full = options.full;
     const int n_threads = detail::resolve_threads(options.num_threads, n_atoms);
-    const int n_chunks = n_threads == 1 ? 1 : std::min<int>(n, 8 * n_threads);
-    // Expected pairs per atom from the mean density, to reserve the buffers once.
+    const int n_chunks = n_threads == 1 ? 1 : static_cast<int>(std::min<int64_t>(n_bins, 16 * n_threads));
     double volume = 1.0;
-    for (int k = 0; k < 3; ++k) volume *= std::max(grid.nbins[k] / std::max(grid.inv_width[k], 1e-300), 0.0) * box.width[k];
-    double density = (std::isfinite(volume) && volume > 0) ? n / volume : 0.0;
-    double expected = density * 4.18879 * rc2 * options.cutoff * (full ? 1.0 : 0.5);
-    expected = std::min(expected, static_cast<double>(n) * 64.0);
+    for (int k = 0; k < 3; ++k) volume *= (box.periodic[k] ? 1.0 : (smax[k] - smin[k])) * box.width[k];
+    const double density = (std::isfinite(volume) && volume > 0) ? n / volume : 0.0;
+    const double expected = std::min(density * 4.18879 * rc2 * options.cutoff * (full ? 1.0 : 0.5), 256.0);
 
-    result.chunks_.resize(n_chunks);
+    result.buffers_.resize(n_chunks);
+    result.buffer_of_.resize(n);
+    result.start_in_.resize(n);
+    std::vector<int32_t> counts(n);
+    const auto& images = result.images_;
     const int32_t w0 = 2 * grid.reach[0] + 1, w1 = 2 * grid.reach[1] + 1, w2 = 2 * grid.reach[2] + 1;
+    const int32_t ic1 = image_count[1], ic2 = image_count[2];
     parallel_chunks(n_chunks, n_threads, [&](int c) {
-        auto& chunk = result.chunks_[c];
-        chunk.begin = static_cast<int32_t>(static_cast<int64_t>(n) * c / n_chunks);
-        chunk.end = static_cast<int32_t>(static_cast<int64_t>(n) * (c + 1) / n_chunks);
-        const int32_t len = chunk.end - chunk.begin;
-        chunk.count.assign(len, 0);
-        size_t reserve = static_cast<size_t>(expected * 1.3 * len) + 16;
-        chunk.j.reserve(reserve);
-        chunk.shifts.reserve(3 * reserve);
-        for (int32_t i = chunk.begin; i < chunk.end; ++i) {
-            const double xi = wrapped[3 * i], yi = wrapped[3 * i + 1], zi = wrapped[3 * i + 2];
-            const int32_t wi0 = wrap[3 * i], wi1 = wrap[3 * i + 1], wi2 = wrap[3 * i + 2];
-            const Step* s0 = &steps[0][static_cast<size_t>(atom_bin3[3 * i]) * w0];
-            const Step* s1 = &steps[1][static_cast<size_t>(atom_bin3[3 * i + 1]) * w1];
-            const Step* s2 = &steps[2][static_cast<size_t>(atom_bin3[3 * i + 2]) * w2];
-            size_t before = chunk.j.size();
+        const int64_t bin_begin = n_bins * c / n_chunks, bin_end = n_bins * (c + 1) / n_chunks;
+        auto& buffer = result.buffers_[c];
+        buffer.reserve(static_cast<size_t>(expected * 1.2 * (start[bin_end] - start[bin_begin])) + 16);
+        // Raw local pointers: the compiler cannot prove the buffer writes leave these alone.
+        const double* __restrict X = xs.data();
+        const double* __restrict Y = ys.data();
+        const double* __restrict Z = zs.data();
+        const int32_t* __restrict idx = sorted_idx.data();
+        constexpr int64_t kBlock = 64;
+        alignas(64) double d2[kBlock];
+        struct Run {
+            int64_t begin, end;
+            double sx, sy, sz;  // Cartesian image vector
+            int32_t image;
+        };
+        std::vector<Run> runs;
+        runs.reserve(static_cast<size_t>(w0) * w1 * w2);
+        for (int64_t bin = bin_begin; bin < bin_end; ++bin) {
+            if (start[bin] == start[bin + 1]) continue;
+            const int32_t b0 = static_cast<int32_t>(bin / (static_cast<int64_t>(nb1) * nb2));
+            const int32_t b1 = static_cast<int32_t>((bin / nb2) % nb1);
+            const int32_t b2 = static_cast<int32_t>(bin % nb2);
+            runs.clear();
+            const Step* s0 = &steps[0][static_cast<size_t>(b0) * w0];
+            const Step* s1 = &steps[1][static_cast<size_t>(b1) * w1];
+            const Step* s2 = &steps[2][static_cast<size_t>(b2) * w2];
             for (int32_t o0 = 0; o0 < w0; ++o0) {
                 if (s0[o0].bin < 0) continue;
-                const int32_t t0 = s0[o0].image;
                 for (int32_t o1 = 0; o1 < w1; ++o1) {
                     if (s1[o1].bin < 0) continue;
-                    const int32_t t1 = s1[o1].image;
                     const int64_t base = (static_cast<int64_t>(s0[o0].bin) * nb1 + s1[o1].bin) * nb2;
+                    const int32_t t0 = s0[o0].image, t1 = s1[o1].image;
                     for (int32_t o2 = 0; o2 < w2; ++o2) {
                         if (s2[o2].bin < 0) continue;
                         const int32_t t2 = s2[o2].image;
-                        const int64_t bin = base + s2[o2].bin;
-                        // Cartesian image vector minus the position of i, added to each candidate.
-                        const double ox = t0 * cell[0] + t1 * cell[3] + t2 * cell[6] - xi;
-                        const double oy = t0 * cell[1] + t1 * cell[4] + t2 * cell[7] - yi;
-                        const double oz = t0 * cell[2] + t1 * cell[5] + t2 * cell[8] - zi;
-                        const bool zero_image = (t0 | t1 | t2) == 0;
-                        const int64_t end = start[bin + 1];
-                        for (int64_t p = start[bin]; p < end; ++p) {
-                            const double dx = sorted_pos[3 * p] + ox;
-                            const double dy = sorted_pos[3 * p + 1] + oy;
-                            const double dz = sorted_pos[3 * p + 2] + oz;
-                            if (dx * dx + dy * dy + dz * dz >= rc2) continue;
-                            const int32_t j = sorted_idx[p];
-                            if (j == i && zero_image) continue;
-                            // Shift relative to the unwrapped positions: S = T + wrap_i - wrap_j.
-                            const int32_t S0 = t0 + wi0 - wrap[3 * j];
-                            const int32_t S1 = t1 + wi1 - wrap[3 * j + 1];
-                            const int32_t S2 = t2 + wi2 - wrap[3 * j + 2];
-                            if (!full) {
-                                if (j < i) continue;
-                                if (j == i && !positive_shift(S0, S1, S2)) continue;
-                            }
-                            chunk.j.push_back(j);
-                            chunk.shifts.push_back(S0);
-                            chunk.shifts.push_back(S1);
-                            chunk.shifts.push_back(S2);
+                        const int64_t nbin = base + s2[o2].bin;
+                        const int32_t id = ((t0 - image_min[0]) * ic1 + (t1 - image_min[1])) * ic2 + (t2 - image_min[2]);
+                        if (!runs.empty() && runs.back().image == id && runs.back().end == start[nbin]) {
+                            runs.back().end = start[nbin + 1];  // extend: next bin along the last direction
+                            continue;
                         }
+                        if (start[nbin] == start[nbin + 1]) continue;
+                        runs.push_back({start[nbin], start[nbin + 1],
+                                        t0 * cell[0] + t1 * cell[3] + t2 * cell[6],
+                                        t0 * cell[1] + t1 * cell[4] + t2 * cell[7],
+                                        t0 * cell[2] + t1 * cell[5] + t2 * cell[8], id});
                     }
                 }
             }
-            chunk.count[i - chunk.begin] = static_cast<int32_t>(chunk.j.size() - before);
+            int64_t candidates = 0;
+            for (const Run& run : runs) candidates += run.end - run.begin;
+            for (int64_t q = start[bin]; q < start[bin + 1]; ++q) {
+                const int32_t i = sorted_idx[q];
+                const double xi = X[q], yi = Y[q], zi = Z[q];
+                const size_t before = buffer.size();
+                NeighborList::Pair* out = buffer.grow(static_cast<size_t>(candidates));
+                size_t m = 0;
+                for (const Run& run : runs) {
+                    const double ox = run.sx - xi, oy = run.sy - yi, oz = run.sz - zi;
+                    // Squared distances of a block first (vectorizable), then the sparse selection.
+                    for (int64_t p0 = run.begin; p0 < run.end; p0 += kBlock) {
+                        const int64_t len = std::min<int64_t>(kBlock, run.end - p0);
+                        for (int64_t k = 0; k < len; ++k) {
+                            const double dx = X[p0 + k] + ox, dy = Y[p0 + k] + oy, dz = Z[p0 + k] + oz;
+                            d2[k] = dx * dx + dy * dy + dz * dz;
+                        }
+                        if (full) {
+                            // Branch-free selection: ~1 in 4 candidates is a pair, so a branch
+                            // would mispredict often. Every candidate is written, kept ones advance.
+                            const bool self_image = run.image == zero_image;
+                            for (int64_t k = 0; k < len; ++k) {
+                                const int32_t j = idx[p0 + k];
+                                out[m] = {j, run.image};
+                                m += static_cast<size_t>((d2[k] < rc2) & !(self_image & (j == i)));
+                            }
+                            continue;
+                        }
+                        for (int64_t k = 0; k < len; ++k) {
+                            if (d2[k] >= rc2) continue;
+                            const int32_t j = idx[p0 + k];
+                            if (j == i && run.image == zero_image) continue;
+                            if (!full && j <= i) {
+                                if (j < i) continue;
+                                const int32_t* t = &images[3 * static_cast<size_t>(run.image)];
+                                if (!positive_shift(t[0], t[1], t[2])) continue;  // j == i: S = T
+                            }
+                            out[m++] = {j, run.image};
+                        }
+                    }
+                }
+                buffer.commit(m);
+                result.buffer_of_[i] = c;
+                result.start_in_[i] = static_cast<int64_t>(before);
+                counts[i] = static_cast<int32_t>(m);
+            }
         }
     });
-    int64_t offset = 0;
-    for (auto& chunk : result.chunks_) {
-        chunk.offset = offset;
-        offset += static_cast<int64_t>(chunk.j.size());
-    }
-    result.total_ = offset;
+    result.offset_.resize(static_cast<size_t>(n) + 1);
+    result.offset_[0] = 0;
+    for (int32_t a = 0; a < n; ++a) result.offset_[a + 1] = result.offset_[a] + counts[a];
+    result.total_ = result.offset_[n];
+    result.wrap_ = std::move(wrap);
     return result;
+}
+
+NeighborList::PairBuffer& NeighborList::PairBuffer::operator=(PairBuffer&& o) noexcept {
+    if (this != &o) {
+        std::free(data_);
+        data_ = o.data_;
+        size_ = o.size_;
+        cap_ = o.cap_;
+        o.data_ = nullptr;
+        o.size_ = o.cap_ = 0;
+    }
+    return *this;
+}
+
+NeighborList::PairBuffer::~PairBuffer() { std::free(data_); }
+
+void NeighborList::PairBuffer::reserve(size_t n) {
+    if (n <= cap_) return;
+    size_t bytes = n * sizeof(Pair);
+    void* p = nullptr;
+    // Large buffers on 2 MB aligned memory advised as huge pages: one page fault per 2 MB instead of
+    // per 4 kB, which matters because the buffer is filled once and page faults dominate.
+    constexpr size_t kHuge = size_t(2) << 20;
+    if (bytes >= 2 * kHuge) {
+        bytes = (bytes + kHuge - 1) / kHuge * kHuge;
+        n = bytes / sizeof(Pair);
+        p = std::aligned_alloc(kHuge, bytes);
+#ifdef MADV_HUGEPAGE
+        if (p != nullptr) madvise(p, bytes, MADV_HUGEPAGE);
+#endif
+    } else {
+        p = std::malloc(bytes);
+    }
+    if (p == nullptr) throw std::bad_alloc();
+    if (size_ > 0) std::memcpy(p, data_, size_ * sizeof(Pair));
+    std::free(data_);
+    data_ = static_cast<Pair*>(p);
+    cap_ = n;
 }
 
 void NeighborList::write(int64_t* i, int64_t* j, int64_t* shifts, int num_threads) const {
@@ -378,20 +475,33 @@ void NeighborList::write(int64_t* i, int64_t* j, int64_t* shifts, int num_thread
 }
 
 void NeighborList::write_offset(int64_t* i, int64_t* j, int64_t* shifts, int64_t atom_offset, int num_threads) const {
+    if (total_ == 0) return;
+    const int32_t n = static_cast<int32_t>(offset_.size() - 1);
     const int n_threads = detail::resolve_threads(num_threads, total_ / 64);
-    parallel_chunks(static_cast<int>(chunks_.size()), n_threads, [&](int c) {
-        const Chunk& chunk = chunks_[c];
-        int64_t p = chunk.offset;
-        for (int32_t a = chunk.begin; a < chunk.end; ++a) {
-            const int32_t cnt = chunk.count[a - chunk.begin];
-            for (int32_t q = 0; q < cnt; ++q) i[p + q] = a + atom_offset;
-            p += cnt;
+    const int n_chunks = n_threads == 1 ? 1 : std::min<int>(n, 16 * n_threads);
+    const int32_t* wrap = wrap_.data();
+    const int32_t* images = images_.data();
+    parallel_chunks(n_chunks, n_threads, [&](int c) {
+        const int32_t a_begin = static_cast<int32_t>(static_cast<int64_t>(n) * c / n_chunks);
+        const int32_t a_end = static_cast<int32_t>(static_cast<int64_t>(n) * (c + 1) / n_chunks);
+        for (int32_t a = a_begin; a < a_end; ++a) {
+            const int64_t out = offset_[a], count = offset_[a + 1] - out;
+            if (count == 0) continue;
+            const Pair* src = buffers_[buffer_of_[a]].data() + start_in_[a];
+            const int32_t wa0 = wrap[3 * a], wa1 = wrap[3 * a + 1], wa2 = wrap[3 * a + 2];
+            const int64_t ia = a + atom_offset;
+            for (int64_t q = 0; q < count; ++q) {
+                const int32_t jj = src[q].j;
+                const int32_t* t = images + 3 * static_cast<size_t>(src[q].image);
+                i[out + q] = ia;
+                j[out + q] = jj + atom_offset;
+                // Shift relative to the unwrapped positions: S = T + wrap_i - wrap_j.
+                int64_t* s = shifts + 3 * (out + q);
+                s[0] = t[0] + wa0 - wrap[3 * jj];
+                s[1] = t[1] + wa1 - wrap[3 * jj + 1];
+                s[2] = t[2] + wa2 - wrap[3 * jj + 2];
+            }
         }
-        const size_t m = chunk.j.size();
-        int64_t* jo = j + chunk.offset;
-        int64_t* so = shifts + 3 * chunk.offset;
-        for (size_t q = 0; q < m; ++q) jo[q] = chunk.j[q] + atom_offset;
-        for (size_t q = 0; q < 3 * m; ++q) so[q] = chunk.shifts[q];
     });
 }
 

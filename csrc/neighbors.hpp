@@ -2,6 +2,7 @@
 // Pair convention (same as ASE's 'ijS'): vector = positions[j] - positions[i] + shifts @ cell,
 // with |vector| < cutoff; cell rows are the lattice vectors.
 #pragma once
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <vector>
@@ -30,15 +31,41 @@ public:
     // Same, but adds `offset` to the atom indices (batched structures).
     void write_offset(int64_t* i, int64_t* j, int64_t* shifts, int64_t offset, int num_threads) const;
 
-    // Filled by the kernel: one chunk per contiguous range of i.
-    struct Chunk {
-        int32_t begin = 0, end = 0;
-        std::vector<int32_t> count;   // pairs of each atom in [begin, end)
-        std::vector<int32_t> j;       // neighbor index of each pair
-        std::vector<int32_t> shifts;  // 3 per pair
-        int64_t offset = 0;           // first pair of this chunk in the output
+    // Filled by the kernel. Pairs are found bin by bin into per-chunk buffers holding the neighbor
+    // and an image id; write() gathers them per atom i in input order and expands the shifts.
+    struct Pair {
+        int32_t j;
+        int32_t image;  // index into images_ (3 ints: the image of the wrapped positions)
     };
-    std::vector<Chunk> chunks_;
+    // Append-only buffer of trivially copyable pairs (no zero-filling when growing, unlike vector).
+    class PairBuffer {
+    public:
+        PairBuffer() = default;
+        PairBuffer(const PairBuffer&) = delete;
+        PairBuffer& operator=(const PairBuffer&) = delete;
+        PairBuffer(PairBuffer&& o) noexcept : data_(o.data_), size_(o.size_), cap_(o.cap_) { o.data_ = nullptr; o.size_ = o.cap_ = 0; }
+        PairBuffer& operator=(PairBuffer&& o) noexcept;
+        ~PairBuffer();
+        void reserve(size_t n);
+        // Room for `extra` more pairs; returns where the next pair goes. commit(m) keeps m of them.
+        Pair* grow(size_t extra) {
+            if (size_ + extra > cap_) reserve(std::max(2 * cap_, size_ + extra));
+            return data_ + size_;
+        }
+        void commit(size_t m) { size_ += m; }
+        size_t size() const { return size_; }
+        const Pair* data() const { return data_; }
+
+    private:
+        Pair* data_ = nullptr;
+        size_t size_ = 0, cap_ = 0;
+    };
+    std::vector<PairBuffer> buffers_;
+    std::vector<int32_t> buffer_of_;   // per atom i: which buffer holds its pairs
+    std::vector<int64_t> start_in_;    // per atom i: first pair in that buffer
+    std::vector<int64_t> offset_;      // per atom i: first pair in the output (size n + 1)
+    std::vector<int32_t> wrap_;        // per atom: integer cell translation removed by wrapping
+    std::vector<int32_t> images_;      // 3 per image id
     int64_t total_ = 0;
 };
 
@@ -70,9 +97,11 @@ struct Grid {
     std::array<double, 3> origin{};          // fractional origin of bin 0
     std::array<double, 3> inv_width{};       // bins per unit fractional coordinate
 };
+// Bins are at least cutoff / subdivisions wide; the search reaches ceil(subdivisions) bins around.
 Box make_box(const NeighborOptions& options);
 // smin/smax: fractional extent of the atoms along non-periodic directions.
-Grid make_grid(const Box& box, double cutoff, int64_t n_atoms, const double* smin, const double* smax);
+Grid make_grid(const Box& box, double cutoff, int64_t n_atoms, const double* smin, const double* smax,
+               int subdivisions = 2);
 void check_cutoff(double cutoff);
 int resolve_threads(int requested, int64_t work);
 }  // namespace detail

@@ -83,11 +83,15 @@ class ANIModel(nn.Module):
         )
         # Networks output O(1) numbers; the scale (eV) maps them to the data's energy spread.
         self.register_buffer("energy_scale", torch.tensor(float(energy_scale)))
+        # AEV features span orders of magnitude; standardising them (statistics from the training
+        # data, see fit_input_scaling) makes the MLPs train several times faster.
+        self.register_buffer("aev_mean", torch.zeros(n_feat))
+        self.register_buffer("aev_inv_std", torch.ones(n_feat))
 
-    def atomic_energies(
+    def features(
         self, numbers: Tensor, positions: Tensor, cell: Tensor, pbc: Tensor, batch: Tensor
-    ) -> Tensor:
-        """Per-atom energies (eV) including the element self energies."""
+    ) -> tuple[Tensor, Tensor]:
+        """Element index (N,) and raw torchani AEV (N, D) of every atom."""
         species = element_indices(numbers, self.species_map, self.elements)
         pos = positions.to(self.self_energy.dtype)
         cell = cell.to(pos.dtype)
@@ -96,7 +100,28 @@ class ANIModel(nn.Module):
         # torchani's convention: diff_vectors = R[first] - R[second].
         nb = Neighbors(torch.stack([i, j]), torch.linalg.vector_norm(vec, dim=1), -vec)
         aev = self.aev.compute_from_neighbors(species.unsqueeze(0), pos.unsqueeze(0), nb)[0]
-        out = torch.zeros(numbers.shape[0], dtype=pos.dtype, device=pos.device)
+        return species, aev
+
+    @torch.jit.unused
+    def fit_input_scaling(
+        self, numbers: Tensor, positions: Tensor, cell: Tensor, pbc: Tensor, batch: Tensor
+    ) -> None:
+        """Set the AEV standardisation from sample structures (call once before training)."""
+        with torch.no_grad():
+            _, aev = self.features(numbers, positions, cell, pbc, batch)
+            std = aev.std(0)
+            self.aev_mean.copy_(aev.mean(0))
+            # Features that never vary (absent element pairs) keep unit scale instead of 1/0.
+            ok = std > 1e-6
+            self.aev_inv_std.copy_(torch.where(ok, 1.0 / std.clamp_min(1e-6), torch.ones_like(std)))
+
+    def atomic_energies(
+        self, numbers: Tensor, positions: Tensor, cell: Tensor, pbc: Tensor, batch: Tensor
+    ) -> Tensor:
+        """Per-atom energies (eV) including the element self energies."""
+        species, aev = self.features(numbers, positions, cell, pbc, batch)
+        aev = (aev - self.aev_mean) * self.aev_inv_std
+        out = torch.zeros(numbers.shape[0], dtype=aev.dtype, device=aev.device)
         for k, net in enumerate(self.nets):
             sel = (species == k).nonzero().view(-1)
             if sel.numel() > 0:

@@ -7,7 +7,6 @@ pair vector R[j] - R[i] + shift @ cell is formed here in torch so that forces (d
 (d/dcell) flow through autograd.
 """
 
-
 import torch
 from torch import Tensor
 
@@ -44,6 +43,25 @@ def _all_pairs(positions: Tensor, batch: Tensor, num_structures: int) -> tuple[T
     offset = torch.arange(i.shape[0], device=positions.device) - first[i]
     j = i + 1 + offset
     return i, j
+
+
+HAVE_BATCH_OP = HAVE_NEIGHBOR_OP and hasattr(torch.ops.mlsim, "neighbor_list_batch")
+
+if HAVE_BATCH_OP:
+
+    def _batch_op(
+        pos: Tensor, cell: Tensor, pbc: Tensor, ptr: Tensor, cutoff: float
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Half pair list of a whole batch from the compiled batched op (global indices)."""
+        return torch.ops.mlsim.neighbor_list_batch(pos, cell, pbc, ptr, cutoff, False)
+
+else:
+
+    def _batch_op(
+        pos: Tensor, cell: Tensor, pbc: Tensor, ptr: Tensor, cutoff: float
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Placeholder (never called) while the batched op is not compiled in."""
+        raise RuntimeError("torch.ops.mlsim.neighbor_list_batch is not available")
 
 
 if HAVE_NEIGHBOR_OP:
@@ -107,6 +125,35 @@ else:
         return torch.cat(out_i), torch.cat(out_j), torch.cat(out_s).to(torch.long)
 
 
+if HAVE_BATCH_OP:
+
+    def _op_pairs_batch(
+        pos: Tensor, cell: Tensor, pbc: Tensor, counts: Tensor, cutoff: float
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Half pair list of all structures (global indices) in one call of the batched op."""
+        zero = torch.zeros(1, dtype=torch.long, device=pos.device)
+        ptr = torch.cat([zero, torch.cumsum(counts, 0)])
+        return _batch_op(pos, cell, pbc, ptr, cutoff)
+
+else:
+
+    def _op_pairs_batch(
+        pos: Tensor, cell: Tensor, pbc: Tensor, counts: Tensor, cutoff: float
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Half pair list of all structures (global indices), one structure at a time."""
+        start = torch.cumsum(counts, 0) - counts
+        parts_i: list[Tensor] = []
+        parts_j: list[Tensor] = []
+        parts_s: list[Tensor] = []
+        for b in range(cell.shape[0]):
+            s0 = int(start[b])
+            ib, jb, sh = _op_pairs(pos[s0 : s0 + int(counts[b])], cell[b], pbc[b], cutoff)
+            parts_i.append(ib + s0)
+            parts_j.append(jb + s0)
+            parts_s.append(sh)
+        return torch.cat(parts_i), torch.cat(parts_j), torch.cat(parts_s)
+
+
 def neighbor_pairs(
     positions: Tensor,
     cell: Tensor,
@@ -129,24 +176,8 @@ def neighbor_pairs(
         shifts = torch.zeros(i.shape[0], 3, dtype=torch.long, device=pos.device)
         vec = pos[j] - pos[i]
     else:
-        start = torch.cumsum(counts, 0) - counts
-        parts_i: list[Tensor] = []
-        parts_j: list[Tensor] = []
-        parts_s: list[Tensor] = []
-        parts_v: list[Tensor] = []
-        for b in range(num_structures):
-            s0 = int(start[b])
-            nb = int(counts[b])
-            pos_b = pos[s0 : s0 + nb]
-            ib, jb, sh = _op_pairs(pos_b, c[b], pbc[b], cutoff)
-            parts_i.append(ib + s0)
-            parts_j.append(jb + s0)
-            parts_s.append(sh)
-            parts_v.append(pos_b[jb] - pos_b[ib] + sh.to(pos.dtype) @ c[b])
-        i = torch.cat(parts_i)
-        j = torch.cat(parts_j)
-        shifts = torch.cat(parts_s)
-        vec = torch.cat(parts_v)
+        i, j, shifts = _op_pairs_batch(pos, c, pbc, counts, cutoff)
+        vec = pos[j] - pos[i] + torch.bmm(shifts.to(pos.dtype).unsqueeze(1), c[batch[i]]).squeeze(1)
     keep = (vec * vec).sum(1) < cutoff * cutoff
     return i[keep], j[keep], shifts[keep]
 

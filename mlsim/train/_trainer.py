@@ -257,6 +257,12 @@ def train(
         else {"architecture": "ensemble", "members": [member_spec] * cfg.ensemble}
     )
     model = build_model(spec).to(dtype)
+    if not resume:
+        # Input standardisation (ANI's AEV statistics) from up to 500 training structures.
+        sample = train_data.batch(np.arange(min(len(train_data), 500)))
+        for member in _members(model):
+            if hasattr(member, "fit_input_scaling"):
+                member.fit_input_scaling(*sample.inputs())
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.schedule == "plateau":

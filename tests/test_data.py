@@ -271,3 +271,16 @@ def test_split_fractions_summing_to_one_use_everything():
     parts = ds.split(1 / 3, 1 / 3, 1 / 3, seed=0)
     assert sum(len(p) for p in parts) == 10
     assert sorted(s.info["k"] for p in parts for s in p) == list(range(10))
+
+
+def test_shipped_ethanol_files():
+    from mlsim.data import ethanol_path
+
+    geo = read(ethanol_path("test", "geometries"))
+    xtb = read(ethanol_path("test", "xtb"), require_forces=True)
+    assert len(geo) == len(xtb) == 300
+    assert sorted(geo[0].numbers.tolist()) == [1] * 6 + [6] * 2 + [8]
+    assert {s.info["temperature_K"] for s in geo} == {300.0, 600.0}
+    np.testing.assert_allclose(xtb[17].positions, geo[17].positions, atol=1e-6)
+    with pytest.raises(ValueError, match="part must be"):
+        ethanol_path("validation")

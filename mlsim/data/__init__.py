@@ -5,6 +5,7 @@ from mlsim.data._dataset import Dataset
 from mlsim.data._io import read, write
 from mlsim.data._label import LabelSummary, label
 from mlsim.data._sample import sample, sample_trajectory
+from mlsim.data._shipped import ethanol_path
 from mlsim.data._structure import Structure
 from mlsim.data._validate import validate_structure
 
@@ -13,6 +14,7 @@ __all__ = [
     "LabelFailure",
     "LabelSummary",
     "Structure",
+    "ethanol_path",
     "label",
     "make_labeller",
     "read",

@@ -21,18 +21,25 @@ PEER_BENCHMARKS = {
 _MAX_ROWS = 40
 
 
+def _esc(text: str) -> str:
+    """Escape '*' so 6-31G* cannot start italics (intraword '_' is literal in CommonMark)."""
+    return text.replace("*", "\\*")
+
+
 def _fmt(v: Any) -> str:
     """Format a table cell: 4 significant digits for floats, plain text otherwise."""
     if isinstance(v, bool) or v is None:
         return str(v)
     if isinstance(v, float):
-        if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+        if 1e4 <= abs(v) < 1e9:  # 13250 steps/s reads better than 1.325e+04
+            return f"{v:.0f}"
+        if v != 0 and (abs(v) >= 1e9 or abs(v) < 1e-3):
             return f"{v:.3e}"
         return f"{v:.4g}"
     if isinstance(v, (list, dict)):
         text = json.dumps(v)
         return text if len(text) <= 60 else text[:57] + "..."
-    return str(v).replace("|", "\\|").replace("\n", " ")
+    return _esc(str(v)).replace("|", "\\|").replace("\n", " ")
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
@@ -116,7 +123,7 @@ def _accuracy_md(sec: dict[str, Any] | None) -> list[str]:
         return out + status
     kcal = units.KCAL_PER_MOL_PER_EV
     out += [
-        f"Reference: **{sec['reference']}**, {sec['n_structures']} structures of {sec['n_atoms']} atoms"
+        f"Reference: **{_esc(sec['reference'])}**, {sec['n_structures']} structures of {sec['n_atoms']} atoms"
         f" (`{sec.get('test_set', '?')}`). Energies are conformer-relative: each method's mean offset"
         " from the reference is removed before the errors are taken. For scale, the spread of the"
         f" reference itself is {sec['energy_std_ev'] * kcal:.2f} kcal/mol (energy std) and"
@@ -126,7 +133,7 @@ def _accuracy_md(sec: dict[str, Any] | None) -> list[str]:
     rows, notes = [], []
     for key, m in sec["methods"].items():
         if m.get("status") != "ok":
-            notes.append(f"- {m.get('label', key)}: {m.get('status')}: {m.get('reason')}")
+            notes.append(_esc(f"- {m.get('label', key)}: {m.get('status')}: {m.get('reason')}"))
             continue
         e, f = m["energy_ev"], m["forces_ev_per_a"]
         rows.append(
@@ -142,7 +149,7 @@ def _accuracy_md(sec: dict[str, Any] | None) -> list[str]:
             ]
         )
         if m.get("notes"):
-            notes.append(f"- {m['label']}: {m['notes']}")
+            notes.append(_esc(f"- {m['label']}: {m['notes']}"))
     header = [
         "method",
         "E MAE (kcal/mol)",
@@ -173,7 +180,7 @@ def _cost_md(sec: dict[str, Any] | None) -> list[str]:
     rows, notes = [], []
     for key, m in sec["methods"].items():
         if m.get("status") != "ok":
-            notes.append(f"- {m.get('label', key)}: {m.get('status')}: {m.get('reason')}")
+            notes.append(_esc(f"- {m.get('label', key)}: {m.get('status')}: {m.get('reason')}"))
             continue
         rows.append(
             [m["label"], m["seconds_per_eval"] * 1000, m.get("ratio_to_baseline", ""), m["n_evals"]]
@@ -195,7 +202,7 @@ def _md_md(sec: dict[str, Any] | None) -> list[str]:
     rows, notes = [], []
     for key, r in sec["runs"].items():
         if r.get("status") != "ok":
-            notes.append(f"- {r.get('label', key)}: {r.get('status')}: {r.get('reason')}")
+            notes.append(_esc(f"- {r.get('label', key)}: {r.get('status')}: {r.get('reason')}"))
             continue
         rows.append(
             [
@@ -235,7 +242,8 @@ def _summary_md(sections: dict[str, Any]) -> list[str]:
                 f"{m['label']} {m['forces_ev_per_a']['mae'] * 1000:.0f}"
                 for m in sorted(ok.values(), key=lambda m: m["forces_ev_per_a"]["mae"])
             ]
-            lines.append(f"- Force MAE vs {acc['reference']} (meV/Å): " + ", ".join(parts) + ".")
+            ref = _esc(acc["reference"])
+            lines.append(f"- Force MAE vs {ref} (meV/Å): " + _esc(", ".join(parts)) + ".")
     if cost and cost.get("status") == "ok" and cost.get("baseline"):
         ok = {k: m for k, m in cost["methods"].items() if m.get("status") == "ok"}
         base = ok[cost["baseline"]]
@@ -244,15 +252,15 @@ def _summary_md(sections: dict[str, Any]) -> list[str]:
             if m is base:
                 continue
             r = m["ratio_to_baseline"]
-            parts.append(f"{m['label']} {r:.3g}×" if r >= 1 else f"{m['label']} 1/{1 / r:.3g}")
+            parts.append(f"{m['label']} {_fmt(r)}×" if r >= 1 else f"{m['label']} 1/{_fmt(1 / r)}")
         lines.append(
-            f"- Cost per energy+force call relative to {base['label']}"
-            f" ({base['seconds_per_eval'] * 1000:.3g} ms): " + ", ".join(parts) + "."
+            f"- Cost per energy+force call relative to {_esc(base['label'])}"
+            f" ({base['seconds_per_eval'] * 1000:.3g} ms): " + _esc(", ".join(parts)) + "."
         )
     if md and md.get("status") == "ok":
         runs = [r for r in md["runs"].values() if r.get("status") == "ok"]
-        parts = [f"{r['label']} {r['ns_per_day']:.3g} ns/day" for r in runs]
-        lines.append("- OpenMM MD, alanine dipeptide: " + ", ".join(parts) + ".")
+        parts = [f"{r['label']}: {_fmt(r['ns_per_day'])} ns/day" for r in runs]
+        lines.append("- OpenMM MD, alanine dipeptide: " + _esc("; ".join(parts)) + ".")
     if not lines:
         return []
     return ["## Summary", "", *lines, ""]

@@ -16,17 +16,23 @@ from ase.calculators.calculator import CalculationFailed
 from ase.calculators.emt import EMT
 
 from mlsim.data import Dataset, Structure, label, read, write
+from mlsim.data._backends import AseLabeller
 from mlsim.data._io import _frame_text, append_frames, read_frames_repairing
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 
-class SlowEMT(EMT):
-    """EMT that takes a while per call, so a labelling subprocess can be killed mid-way."""
+class DyingEMT(EMT):
+    """EMT that SIGKILLs its own process on call number $MLSIM_TEST_DIE_AT (a deterministic kill)."""
+
+    calls = 0
 
     def calculate(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        time.sleep(0.08)
+        DyingEMT.calls += 1
+        if DyingEMT.calls == int(os.environ.get("MLSIM_TEST_DIE_AT", "0")):
+            time.sleep(0.05)  # be inside the calculation, as a real kill would most likely be
+            os.kill(os.getpid(), signal.SIGKILL)
         super().calculate(*args, **kwargs)
 
 
@@ -71,21 +77,17 @@ def test_resume_after_kill(tmp_path):
         "label",
         str(inp),
         "--method",
-        "test_label:SlowEMT",
+        "test_label:DyingEMT",
         "--out",
         str(out),
     ]
     env = dict(os.environ, PYTHONPATH=f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while time.time() < deadline:  # wait until some, not all, are done, then kill hard
-        if out.exists() and 3 <= len(read_frames_repairing(out)) < n:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    killed = subprocess.run(
+        cmd, env=env | {"MLSIM_TEST_DIE_AT": "8"}, cwd=ROOT, capture_output=True, timeout=120
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     partial = _labels(out)
-    assert 3 <= len(partial) < n
+    assert sorted(partial) == list(range(7))  # killed while computing the 8th
     res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert f"{n - len(partial)} labelled now" in res.stderr
@@ -101,14 +103,13 @@ def test_resume_after_kill(tmp_path):
         np.testing.assert_allclose(resumed[i].positions, reference[i].positions, atol=1e-7)
         assert resumed[i].info["i"] == i
     # a third run has nothing left to do
-    again = label(inp, out, SlowEMT_labeller(), progress=False)
+    again = label(inp, out, dying_emt_labeller(), progress=False)
     assert (again.n_labelled, again.n_already) == (0, n)
 
 
-def SlowEMT_labeller():  # noqa: N802 - names the class it wraps
-    from mlsim.data._backends import AseLabeller
-
-    return AseLabeller(SlowEMT(), "SlowEMT")
+def dying_emt_labeller() -> AseLabeller:
+    """The in-process twin of `--method test_label:DyingEMT` (same method name in the records)."""
+    return AseLabeller(DyingEMT(), "DyingEMT")
 
 
 @pytest.mark.parametrize("name", ["o.extxyz", "o.extxyz.gz"])
@@ -135,8 +136,6 @@ def test_torn_tail_is_repaired(tmp_path, name):
 
 
 def test_failures_go_to_separate_file(tmp_path):
-    from mlsim.data._backends import AseLabeller
-
     structures = _clusters(8, seed=3)
     for k in (2, 5):
         structures[k].positions -= [3.0, 0, 0]
@@ -167,7 +166,7 @@ def test_resume_checks_input_and_method(tmp_path):
     out = tmp_path / "o.extxyz"
     label(inp, out, "ase.calculators.emt:EMT", progress=False, limit=2)
     with pytest.raises(ValueError, match="labelled with 'EMT'"):
-        label(inp, out, SlowEMT_labeller(), progress=False)
+        label(inp, out, dying_emt_labeller(), progress=False)
     with pytest.raises(ValueError, match="does not match input structure"):
         label(Dataset(_clusters(4, seed=9)), out, "ase.calculators.emt:EMT", progress=False)
     with pytest.raises(ValueError, match="extxyz"):

@@ -284,3 +284,14 @@ def test_shipped_ethanol_files():
     np.testing.assert_allclose(xtb[17].positions, geo[17].positions, atol=1e-6)
     with pytest.raises(ValueError, match="part must be"):
         ethanol_path("validation")
+
+
+def test_unit_options_only_for_npz(tmp_path, waters):
+    write(tmp_path / "w.extxyz", waters)
+    assert len(read(tmp_path / "w.extxyz", energy_unit="eV", length_unit="Angstrom")) == 12
+    with pytest.raises(ValueError, match="unit options apply to npz only"):
+        read(tmp_path / "w.extxyz", energy_unit="kcal/mol")
+    with pytest.raises(ValueError, match="unit options apply to npz only"):
+        write(tmp_path / "w.db", waters, length_unit="nm")
+    with pytest.raises(ValueError, match="unknown energy unit"):
+        read(tmp_path / "w.extxyz", energy_unit="furlongs")

@@ -74,10 +74,10 @@ def read(
     if not path.exists():
         raise FileNotFoundError(f"data file {path} not found")
     fmt = format_of(path)
-    if fmt != "npz" and (
-        energy_unit not in (None, "eV", "ev")
-        or length_unit not in (None, "angstrom", "Angstrom", "A")
-    ):
+    ase_units = (energy_unit is None or energy_factor(energy_unit) == 1.0) and (
+        length_unit is None or length_factor(length_unit) == 1.0
+    )
+    if fmt != "npz" and not ase_units:
         raise ValueError(
             f"{path}: {fmt} files are read in ASE units (eV, Angstrom); unit options apply to npz only"
         )
@@ -289,9 +289,7 @@ def write(
     path = Path(path)
     structures = list(structures)
     fmt = format_of(path)
-    if fmt != "npz" and (
-        energy_unit.lower() != "ev" or length_unit.lower() not in ("angstrom", "a")
-    ):
+    if fmt != "npz" and (energy_factor(energy_unit) != 1.0 or length_factor(length_unit) != 1.0):
         raise ValueError(
             f"{path}: {fmt} files are written in ASE units; unit options apply to npz only"
         )

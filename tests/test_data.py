@@ -6,6 +6,8 @@ import gzip
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mlsim.data import Dataset, Structure, read, sample, sample_trajectory, write
 from mlsim.units import EV_PER_KCAL_PER_MOL, energy_factor, length_factor
@@ -295,3 +297,22 @@ def test_unit_options_only_for_npz(tmp_path, waters):
         write(tmp_path / "w.db", waters, length_unit="nm")
     with pytest.raises(ValueError, match="unknown energy unit"):
         read(tmp_path / "w.extxyz", energy_unit="furlongs")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.integers(-20, 19), max_size=15),
+    st.lists(st.integers(0, 200), max_size=10),
+    st.integers(0, 2**31),
+)
+def test_views_compose_like_numpy(first, second, seed):
+    ds = Dataset([Structure([1], [[float(k), 0, 0]], info={"k": k}) for k in range(20)])
+    ref = np.arange(20)[np.asarray(first, dtype=np.int64)]
+    view = ds[np.asarray(first, dtype=np.int64)]
+    assert [s.info["k"] for s in view] == ref.tolist()
+    if len(ref):
+        idx = np.asarray(second, dtype=np.int64) % len(ref)
+        assert [s.info["k"] for s in view[idx]] == ref[idx].tolist()
+    parts = ds.split(0.5, 0.3, seed=seed)
+    got = [s.info["k"] for p in parts for s in p]
+    assert len(got) == len(set(got)) == 16

@@ -102,127 +102,94 @@ def ml_alanine_factory(
     return make
 
 
-def _model_spec(elements: list[int]) -> dict[str, Any]:
+def _model_spec() -> dict[str, Any]:
     """Architecture of the shipped ethanol model when present (so MD cost is representative)."""
-    shipped = Path("examples/ethanol/model.pt")
     spec: dict[str, Any] = {
         "architecture": "painn",
         "hyperparameters": {"features": 32, "num_interactions": 2, "cutoff": 5.0},
     }
+    shipped = Path("examples/ethanol/model.pt")
     if shipped.exists():
         try:
             from mlsim.models import load_metadata
 
-            meta_spec = load_metadata(shipped)["spec"]
-            if meta_spec.get("architecture") in ("painn", "ani"):
-                spec = {
-                    k: v for k, v in meta_spec.items() if k in ("architecture", "hyperparameters")
-                }
+            meta = load_metadata(shipped)["spec"]
+            if meta.get("architecture") in ("painn", "ani"):
+                hp = dict(meta.get("hyperparameters") or {})
+                hp.pop("energy_scale", None)  # refitted to the alanine data by mlsim.train
+                spec = {"architecture": meta["architecture"], "hyperparameters": hp}
         except (ValueError, KeyError, RuntimeError):
             pass  # fall back to the small default
-    return {**spec, "elements": elements}
+    return spec
 
 
 def train_alanine_model(
     ms: Any,
     work_dir: Path,
     n_frames: int = 400,
-    budget_s: float = 180.0,
+    budget_min: float = 3.0,
     seed: int = 0,
     progress: bool = True,
 ) -> tuple[Path, dict[str, Any]]:
-    """Train an mlsim model on xTB-labelled alanine dipeptide frames within budget_s; cached.
+    """Train an mlsim model (mlsim.train) on xTB-labelled alanine dipeptide frames; cached.
 
-    Energy + force loss, AdamW with a cosine learning rate over the time budget, 10% held out for
-    the force MAE reported next to the MD speed (it says how usable the MD model is, not how good
-    mlsim can get: that is the training benchmark's job).
+    The held-out force MAE goes next to the MD speed: it says whether the MD model is usable, not
+    how good mlsim can get (that is the training benchmark's job). A finished run is reused.
     """
-    import time
-
-    import torch
-    from tqdm import tqdm
+    import json
 
     try:
         from mlsim.data import read, write
-        from mlsim.models import build_model, compute_properties, fit_self_energies, save_model
+        from mlsim.train import TrainConfig, train
     except ImportError as exc:
-        raise Skipped(f"mlsim.models / mlsim.data API not available: {exc}") from exc
+        raise Skipped(f"mlsim training API (mlsim.train) not available: {exc}") from exc
 
     work_dir.mkdir(parents=True, exist_ok=True)
-    model_path = work_dir / "alanine_xtb_model.pt"
-    info_path = work_dir / "alanine_xtb_model.json"
-    if model_path.exists() and info_path.exists():  # a finished earlier run: reuse, do not retrain
-        import json
-
-        return model_path, {**json.loads(info_path.read_text()), "reused": True}
+    run_dir = work_dir / "alanine_model"
+    model_path = run_dir / "model.pt"
+    summary_path = run_dir / "summary.json"
     data_path = work_dir / "alanine_xtb_frames.extxyz"
-    if data_path.exists():
-        frames = list(read(data_path))
-    else:
+    if not data_path.exists():
         frames = label_frames(sample_frames(ms, n_frames, seed=seed + 3), progress=progress)
-        write(data_path, frames)  # atomic; an interrupted run keeps its labels
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(frames))
-    n_val = max(1, len(frames) // 10)
-    val = [frames[i] for i in order[:n_val]]
-    train = [frames[i] for i in order[n_val:]]
-    elements = sorted({int(z) for s in frames for z in s.numbers})
-    spec = _model_spec(elements)
-    spec["self_energies"] = {int(k): v for k, v in fit_self_energies(train, elements).items()}
-    torch.manual_seed(seed)
-    model = build_model(spec)
-    model.train()
+        write(data_path, frames)  # atomic: an interrupted run keeps its labels
+    n = len(read(data_path))
+    spec = _model_spec()
+    if not (model_path.exists() and summary_path.exists()):
+        if run_dir.exists():  # an interrupted earlier training: start it again cleanly
+            import shutil
 
-    def batch(items: list[Structure]) -> tuple[Any, ...]:
-        """Concatenate structures into mlsim's flat batch layout (float32 training)."""
-        numbers = torch.as_tensor(np.concatenate([s.numbers for s in items]))
-        pos = torch.as_tensor(np.concatenate([s.positions for s in items]), dtype=torch.float32)
-        idx = torch.as_tensor(np.repeat(np.arange(len(items)), [len(s) for s in items]))
-        cell = torch.zeros((len(items), 3, 3))
-        pbc = torch.zeros((len(items), 3), dtype=torch.bool)
-        e = torch.as_tensor([s.energy for s in items], dtype=torch.float32)
-        f = torch.as_tensor(np.concatenate([s.forces for s in items]), dtype=torch.float32)
-        return numbers, pos, cell, pbc, idx, e, f
-
-    n_atoms = len(frames[0])
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-6)
-    start, step, bs = time.perf_counter(), 0, 16
-    bar = tqdm(desc="train alanine model", file=sys.stderr, disable=not progress, unit="step")
-    while (elapsed := time.perf_counter() - start) < budget_s:
-        for g in opt.param_groups:  # cosine decay over the wall-clock budget
-            g["lr"] = 1e-5 + 0.5 * (2e-3 - 1e-5) * (1 + np.cos(np.pi * elapsed / budget_s))
-        picks = rng.choice(len(train), size=min(bs, len(train)), replace=False)
-        numbers, pos, cell, pbc, idx, e, f = batch([train[i] for i in picks])
-        out = compute_properties(
-            model, numbers, pos, cell, pbc, idx, forces=True, create_graph=True
+            shutil.rmtree(run_dir)
+        cfg = TrainConfig(
+            data=str(data_path.resolve()),
+            output=str(run_dir.resolve()),
+            seed=seed,
+            model=spec,
+            schedule="plateau",
+            lr=2e-3,
+            batch_size=16,
+            epochs=10_000,  # the time budget ends training
+            time_budget_min=budget_min,
+            plots=False,
         )
-        loss = ((out["energy"] - e) / n_atoms).pow(2).mean() + (out["forces"] - f).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        step += 1
-        bar.update(1)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-    bar.close()
-    model.eval()
-    numbers, pos, cell, pbc, idx, e, f = batch(val)
-    out = compute_properties(model, numbers, pos, cell, pbc, idx, forces=True)
-    val_mae = float((out["forces"].detach() - f).abs().mean())
-    save_model(model, model_path, spec)
+        summary = train(cfg, progress=progress)
+        reused = False
+    else:
+        summary, reused = json.loads(summary_path.read_text()), True
     info = {
         "model": str(model_path),
         "trained_here": True,
+        "reused": reused,
         "architecture": spec["architecture"],
         "hyperparameters": spec.get("hyperparameters", {}),
         "reference": "GFN2-xTB (tblite)",
-        "n_train": len(train),
-        "n_val": len(val),
-        "steps": step,
-        "train_seconds": time.perf_counter() - start,
-        "val_force_mae_ev_per_a": val_mae,
+        "n_frames": n,
+        "n_train": summary.get("n_train"),
+        "n_val": summary.get("n_val"),
+        "epochs": summary.get("epochs"),
+        "train_seconds": summary.get("train_time_s"),
+        "val_force_mae_ev_per_a": (summary.get("val") or {}).get(
+            "force_mae_meV_per_A", float("nan")
+        )
+        / 1000.0,
     }
-    from mlsim.bench._runner import write_json
-
-    write_json(info_path, info)
     return model_path, info

@@ -221,7 +221,7 @@ def _md_md(sec: dict[str, Any] | None) -> list[str]:
         hp = ", ".join(f"{k}={v}" for k, v in info.get("hyperparameters", {}).items())
         notes.append(
             f"- ML model: {info['architecture']} ({hp}) trained by the benchmark for"
-            f" {info['train_seconds']:.0f} s ({info['steps']} steps) on {info['n_train']}"
+            f" {info['train_seconds']:.0f} s ({info['epochs']} epochs of mlsim.train) on {info['n_train']}"
             f" {info['reference']}-labelled frames from 500 K Amber14 MD; held-out force MAE"
             f" {info['val_force_mae_ev_per_a'] * 1000:.0f} meV/Å vs xTB"
             f"{' (reused from an earlier run)' if info.get('reused') else ''}."

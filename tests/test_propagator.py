@@ -199,3 +199,29 @@ def test_training_resumes_exactly(mol, tmp_path) -> None:
     assert res.steps == 12 and np.isfinite(res.val_nll)
     for k, v in a.state_dict().items():
         assert torch.allclose(v, c.state_dict()[k], atol=1e-6), k
+
+
+def test_hmc_and_cli_propagate(mol, tmp_path, capsys) -> None:
+    """HMC accepts most moves and refuses constrained systems; `mlsim propagate` writes DCD+JSON."""
+    import json
+
+    from mlsim.cli import main
+    from mlsim.propagators import HMCKernel
+
+    hmc = HMCKernel(mol.system, 300.0, dt_fs=1.0, n_steps=10, seed=0)
+    x = mol.positions_nm * 10.0
+    for _ in range(10):
+        x, _, e = hmc.step(x)
+    assert hmc.acceptance_rate >= 0.7 and np.isfinite(e)
+    with pytest.raises(ValueError, match="unconstrained"):
+        HMCKernel(alanine_dipeptide("vacuum", "HBonds").system)
+
+    path = _model(mol, "dihedrals", rows=(0, 1, 8), std=0.05).save(tmp_path / "m.pt")
+    out = tmp_path / "run"
+    argv = ["propagate", "alanine", "--model", str(path), "--steps", "5", "--out", str(out)]
+    assert main(argv + ["--solvent", "vacuum", "--hmc-steps", "5"]) == 0
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["steps"] == 5 and 0.0 <= summary["acceptance_rate"] <= 1.0
+    assert out.with_suffix(".dcd").stat().st_size > 0
+    assert main(argv + ["--hmc-steps", "0"]) == 1  # dihedral-only proposal needs HMC
+    assert "not ergodic" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from mlsim.systems._alanine import (
     ALANINE_PDB,
     MolecularSystem,
     alanine_dipeptide,
+    amber14_system,
     build_alanine_dipeptide_pdb,
 )
 from mlsim.systems._dihedrals import dihedral, phi_psi, phi_psi_indices
@@ -14,6 +15,7 @@ __all__ = [
     "Frames",
     "MolecularSystem",
     "alanine_dipeptide",
+    "amber14_system",
     "build_alanine_dipeptide_pdb",
     "dihedral",
     "make_context",

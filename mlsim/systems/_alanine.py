@@ -19,6 +19,7 @@ __all__ = [
     "ALANINE_PDB",
     "MolecularSystem",
     "alanine_dipeptide",
+    "amber14_system",
     "build_alanine_dipeptide_pdb",
 ]
 
@@ -74,8 +75,8 @@ def _forcefield(solvent: str):
     return app.ForceField(*files)
 
 
-def _create_system(topology, solvent: str, constraints: str):
-    """Create an OpenMM System without cutoffs (a 22-atom molecule in vacuum/implicit solvent)."""
+def amber14_system(topology, solvent: str = "vacuum", constraints: str | None = "HBonds"):
+    """Create an Amber14 OpenMM System without cutoffs for a small molecule in vacuum or OBC2."""
     from openmm import app
 
     key = "none" if constraints is None else str(constraints).lower()
@@ -127,7 +128,7 @@ def build_alanine_dipeptide_pdb(path: str | os.PathLike = ALANINE_PDB, seed: int
         top.addBond(omm_atoms[b.GetBeginAtomIdx()], omm_atoms[b.GetEndAtomIdx()])
     pos = xyz[order]
 
-    system = _create_system(top, "vacuum", "none")
+    system = amber14_system(top, "vacuum", "none")
     integ = openmm.VerletIntegrator(0.001)
     ctx = openmm.Context(system, integ, openmm.Platform.getPlatformByName("Reference"))
     ctx.setPositions(pos)
@@ -156,7 +157,7 @@ def alanine_dipeptide(
     if not ALANINE_PDB.exists():
         raise FileNotFoundError(f"{ALANINE_PDB} missing; run build_alanine_dipeptide_pdb()")
     pdb = app.PDBFile(str(ALANINE_PDB))
-    system = _create_system(pdb.topology, solvent, constraints)
+    system = amber14_system(pdb.topology, solvent, constraints)
     pos = np.asarray(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer), dtype=np.float64)
     key = "none" if constraints is None else str(constraints).lower()
     return MolecularSystem(pdb.topology, system, pos, solvent, key)

@@ -237,3 +237,22 @@ def test_a_broken_part_is_reported_failed_and_the_report_still_written(tmp_path,
     md = (tmp_path / "report.md").read_text()
     assert "_failed: RuntimeError: back-end exploded_" in md
     assert "_not run_ (openmm_md.json missing)" in md
+
+
+def test_peer_json_nested_records_become_tables():
+    from mlsim.bench._report import _generic
+
+    doc = {
+        "threads": 1,
+        "systems": {
+            "ethanol": {
+                "atoms": 9,
+                "methods": {"raw": {"steps_per_s": 400.0}, "omm": {"steps_per_s": 350.0}},
+            }
+        },
+        "rows": [{"n_train": 100, "test": {"force_mae": 40.5}}],
+    }
+    md = "\n".join(_generic(doc))
+    assert "| threads | 1 |" in md
+    assert "| name | steps_per_s |" in md and "| omm | 350 |" in md
+    assert "| n_train | test.force_mae |" in md and "| 100 | 40.5 |" in md

@@ -70,37 +70,61 @@ def _is_scalar(v: Any) -> bool:
     return v is None or isinstance(v, (str, int, float, bool))
 
 
+def _flat(record: dict[str, Any]) -> dict[str, Any] | None:
+    """Flatten a record's nested dicts of scalars into dotted keys; None if it nests deeper."""
+    out: dict[str, Any] = {}
+    for k, v in record.items():
+        if _is_scalar(v):
+            out[k] = v
+        elif isinstance(v, dict):
+            if not all(_is_scalar(x) for x in v.values()):
+                return None
+            out.update({f"{k}.{k2}": x for k2, x in v.items()})
+        # lists inside a record are left to the JSON file
+    return out
+
+
+def _records_table(records: list[dict[str, Any]], names: list[str] | None) -> list[str]:
+    """Table of flattened records, one row each (with a name column when names are given)."""
+    keys: list[str] = []
+    for r in records:
+        keys += [k for k in r if k not in keys]
+    header = (["name"] if names else []) + keys
+    rows = [
+        ([n] if names else []) + [r.get(k, "") for k in keys]
+        for n, r in zip(names or records, records)
+    ]
+    return _table(header, rows) + [""]
+
+
 def _generic(data: Any, title: str = "") -> list[str]:
-    """Render an arbitrary JSON document: scalars as a key/value table, record lists as tables."""
-    out: list[str] = []
+    """Render an arbitrary JSON document: scalars as key/value tables, records as tables."""
     if isinstance(data, list):
-        if data and all(isinstance(r, dict) for r in data):
-            keys: list[str] = []
-            for r in data:
-                keys += [k for k in r if k not in keys and _is_scalar(r[k])]
-            return out + _table(keys, [[r.get(k, "") for k in keys] for r in data]) + [""]
-        return out + [f"`{_fmt(data)}`", ""]
+        flat = [_flat(r) if isinstance(r, dict) else None for r in data]
+        if data and all(f is not None for f in flat):
+            return _records_table(flat, None)  # type: ignore[arg-type]
+        return [f"`{_fmt(data)}`", ""]
     if not isinstance(data, dict):
         return [f"{title}: {_fmt(data)}", ""]
+    out: list[str] = []
     scalars = [[k, v] for k, v in data.items() if _is_scalar(v)]
+    scalars += [[k, v] for k, v in data.items() if isinstance(v, list) and all(map(_is_scalar, v))]
     if scalars:
         out += _table(["key", "value"], scalars) + [""]
     for k, v in data.items():
-        if _is_scalar(v):
+        if _is_scalar(v) or (isinstance(v, list) and all(map(_is_scalar, v))):
             continue
         name = f"{title}.{k}" if title else k
+        out += [f"**{name}**", ""]
         if isinstance(v, dict) and v and all(isinstance(x, dict) for x in v.values()):
-            # a dict of records, e.g. {"vesin": {...}, "mlsim": {...}}: one row per entry
-            keys: list[str] = []
-            for r in v.values():
-                keys += [c for c in r if c not in keys and _is_scalar(r[c])]
-            out += [f"**{name}**", ""]
-            out += _table(
-                ["name"] + keys, [[rk] + [r.get(c, "") for c in keys] for rk, r in v.items()]
-            )
-            out.append("")
-        else:
-            out += [f"**{name}**", ""] + _generic(v, name)
+            flat = [_flat(x) for x in v.values()]
+            if all(f is not None for f in flat):  # records keyed by name: one table
+                out += _records_table(flat, list(v))  # type: ignore[arg-type]
+                continue
+            for rk, rv in v.items():  # deeper nesting: one block per entry
+                out += [f"*{name}.{rk}*", ""] + _generic(rv, f"{name}.{rk}")
+            continue
+        out += _generic(v, name)
     return out
 
 

@@ -234,3 +234,15 @@ def test_dft_scf_rescue_and_failure():
     np.testing.assert_allclose(f, f_ref, atol=1e-4)
     with pytest.raises(LabelFailure, match="did not converge"):
         PySCFLabeller("lda", "sto-3g", threads=1, max_cycle=1, newton_cycles=0)(h2)
+
+
+def test_shuffled_order_with_limit(tmp_path):
+    inp = Dataset(_clusters(10))
+    out = tmp_path / "s.extxyz"
+    label(inp, out, "ase.calculators.emt:EMT", progress=False, limit=4, shuffle=3)
+    expected = np.random.default_rng(3).permutation(10)[:4]
+    assert sorted(_labels(out)) == sorted(expected.tolist())
+    summ = label(inp, out, "ase.calculators.emt:EMT", progress=False, limit=6, shuffle=3)
+    assert (summ.n_already, summ.n_labelled) == (4, 2)
+    label(inp, out, "ase.calculators.emt:EMT", progress=False, shuffle=3)
+    assert sorted(_labels(out)) == list(range(10))

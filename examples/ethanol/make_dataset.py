@@ -4,8 +4,9 @@
 
 Rerunning the same command resumes: sampling is skipped when the geometry files exist, and every
 labelling step is `mlsim label`, which continues where a killed run stopped. The DFT labels go in
-phases (test[:100], train[:300], test[:300], train[:1000]) so a run cut short still leaves both a
-held-out test set and a training set.
+phases (100 test, 300 train, all 300 test, all 1000 train) so a run cut short still leaves both a
+held-out test set and a training set; within a file the order is seeded-random (`--shuffle 0`), so a
+partial set covers both temperatures and all trajectories evenly.
 
 Sampling (seeded, recorded in every frame's info): ethanol from ase.build.molecule, GFN2-xTB
 (tblite), Langevin at 300 K and 600 K, 0.5 fs step, friction 0.01/fs, 1 ps equilibration, one frame
@@ -27,6 +28,7 @@ TEST_SEEDS = (101, 102)
 TRAIN_FRAMES = 125  # per trajectory
 TEST_FRAMES = 75
 EVERY = 80  # steps of 0.5 fs -> 40 fs between kept frames
+SHUFFLE_SEED = 0  # DFT labelling order: seeded random, so any prefix covers both T and all seeds
 DFT_PHASES = (("test", 100), ("train", 300), ("test", 300), ("train", 1000))
 
 
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         run(
             [
                 "label", str(geo[part]), "--method", "dft", "--functional", "b3lyp", "--basis", "6-31g*",
-                "--threads", str(args.threads), "--limit", str(limit),
+                "--threads", str(args.threads), "--limit", str(limit), "--shuffle", str(SHUFFLE_SEED),
                 "--out", str(rel / f"ethanol_{part}_dft.extxyz.gz"),
             ]
         )  # fmt: skip

@@ -56,6 +56,23 @@ def _summary(path: Path, stats: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
+def _info_summary(ds: object, max_distinct: int = 8) -> list[str]:
+    """One line per metadata key with few distinct values (method, temperature, ...)."""
+    values: dict[str, dict[object, int]] = {}
+    for s in ds:  # type: ignore[attr-defined]
+        for k, v in s.info.items():
+            if isinstance(v, (str, int, float, bool)) or hasattr(v, "item"):
+                v = v.item() if hasattr(v, "item") else v
+                bucket = values.setdefault(k, {})
+                if len(bucket) <= max_distinct:
+                    bucket[v] = bucket.get(v, 0) + 1
+    return [
+        f"info {k:<8} " + ", ".join(f"{v}: {c}" for v, c in sorted(b.items(), key=str))
+        for k, b in values.items()
+        if len(b) <= max_distinct
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the chosen data action."""
     from mlsim.data import read, write
@@ -68,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
             validate=not args.no_validate,
         )
         print(_summary(args.file, ds.stats()))
+        for line in _info_summary(ds):
+            print(line)
         return 0
     ds = read(args.input, energy_unit=args.energy_unit, length_unit=args.length_unit)
     write(args.output, ds)

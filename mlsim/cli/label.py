@@ -48,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="label only the first N input structures (raise later to continue)",
     )
     parser.add_argument(
+        "--shuffle",
+        type=int,
+        metavar="SEED",
+        help="label in a seeded random order (--limit counts in it): a partial run covers all inputs",
+    )
+    parser.add_argument(
         "--retry-failed", action="store_true", help="try structures in the failed file again"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -79,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         failed=args.failed,
         limit=args.limit,
         retry_failed=args.retry_failed,
+        shuffle=args.shuffle,
         progress=not args.no_progress,
         **options,
     )

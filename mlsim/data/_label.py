@@ -94,6 +94,7 @@ def label(
     failed: str | Path | None = None,
     limit: int | None = None,
     retry_failed: bool = False,
+    shuffle: int | None = None,
     progress: bool = True,
     **method_options: object,
 ) -> LabelSummary:
@@ -102,6 +103,8 @@ def label(
     `method` is 'dft' (pyscf), 'xtb' (tblite GFN2-xTB), 'module:Class' (an ASE calculator) or a
     Labeller object; `method_options` go to `make_labeller` (functional, basis, density_fit, charge,
     spin, threads). `limit` labels only the first `limit` inputs (raise it later to continue).
+    With `shuffle=SEED` the inputs are taken in a seeded random order (and `limit` counts in that
+    order), so a run cut short still covers the whole input evenly, e.g. every temperature.
     """
     out = Path(out)
     if format_of(out) != "extxyz":
@@ -115,6 +118,12 @@ def label(
         else (read(inputs) if isinstance(inputs, (str, Path)) else Dataset(inputs))
     )
     n = len(ds) if limit is None else min(limit, len(ds))
+    order = (
+        np.arange(len(ds))
+        if shuffle is None
+        else np.random.default_rng(shuffle).permutation(len(ds))
+    )
+    wanted = [int(i) for i in order[:n]]
     labeller = make_labeller(method, **method_options) if isinstance(method, str) else method
     out.parent.mkdir(parents=True, exist_ok=True)
     # Hold an exclusive lock on OUT for the whole run: two writers would label structures twice.
@@ -133,11 +142,15 @@ def label(
                 f"structures {sorted(done & failed_before)[:5]} are in both {out} and {failed}"
             )
         skip = done if retry_failed else done | failed_before
-        todo = [i for i in range(n) if i not in skip]
+        todo = [i for i in wanted if i not in skip]
         n_already = n - len(todo)
         if retry_failed and failed_before:
             # The retried ones leave the failed file now; they come back there if they fail again.
-            keep = [r for r in read_frames_repairing(failed) if int(r.info[INDEX_KEY]) >= n]
+            keep = [
+                r
+                for r in read_frames_repairing(failed)
+                if int(r.info[INDEX_KEY]) not in set(wanted)
+            ]
             from mlsim.data._io import write
 
             write(failed, keep)

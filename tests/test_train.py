@@ -209,6 +209,19 @@ def test_evaluate_cli_json(tiny, reference_run, capsys) -> None:
     assert "not found" in capsys.readouterr().err
 
 
+def test_ensemble_training_gives_distinct_members(tiny) -> None:
+    """ensemble: 2 trains two differently initialised members; model.pt exposes member_energies."""
+    train(load_config(_config(tiny, "ens", ensemble=2, epochs=1)), progress=False)
+    model = load_model(tiny / "ens" / "model.pt")
+    from mlsim.train import collate
+
+    b = collate(read_structures(tiny / "test.extxyz"))
+    members = model.member_energies(*b.inputs())
+    assert members.shape == (2, 8)
+    assert (members[0] - members[1]).abs().max() > 1e-4  # a real spread, not two copies
+    torch.testing.assert_close(model(*b.inputs()), members.mean(0))
+
+
 def test_config_errors_are_clear(tiny) -> None:
     """Typos and bad values in the YAML are reported by name."""
     bad = tiny / "bad.yaml"

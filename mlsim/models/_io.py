@@ -48,8 +48,12 @@ def _metadata(model: nn.Module, spec: dict[str, Any]) -> dict[str, Any]:
     """Everything a reader needs to use or rebuild the model, besides the weights."""
     import mlsim
 
+    first = spec["members"][0] if spec.get("architecture") == "ensemble" else spec
     return {
         "format": "mlsim-model/1",
+        "self_energies": {str(k): float(v) for k, v in (first.get("self_energies") or {}).items()},
+        "hyperparameters": first.get("hyperparameters") or {},
+        "ensemble_size": len(spec["members"]) if spec.get("architecture") == "ensemble" else 1,
         "mlsim_version": mlsim.__version__,
         "torch_version": torch.__version__,
         "spec": spec,

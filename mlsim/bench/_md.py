@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 import traceback
@@ -37,9 +38,8 @@ def md_speed(
     context = openmm.Context(system, integrator, plat, props)
     context.setPositions(positions_nm)
     context.setVelocitiesToTemperature(temperature_k * unit.kelvin, 1)
-    integrator.step(
-        warmup_steps
-    )  # first steps pay for kernel compilation / TorchScript optimisation
+    # The first steps pay for kernel compilation and TorchScript's profiling re-optimisation.
+    integrator.step(warmup_steps)
     steps, chunk = 0, 10
     start = time.perf_counter()
     while steps < max_steps:
@@ -52,6 +52,15 @@ def md_speed(
     elapsed = time.perf_counter() - start
     state = context.getState(getEnergy=True)
     epot = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+    ekin = state.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole)
+    if not math.isfinite(epot):
+        raise RuntimeError(f"MD blew up: potential energy {epot} after {steps} steps")
+    # Instantaneous temperature: a sanity check that the timed trajectory stayed physical.
+    dof = 3 * system.getNumParticles() - system.getNumConstraints()
+    if any(isinstance(f, openmm.CMMotionRemover) for f in system.getForces()):
+        dof -= 3
+    r_gas = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
+    temp = 2.0 * ekin / (dof * r_gas)
     sps = steps / elapsed
     return {
         "platform": platform,
@@ -62,6 +71,7 @@ def md_speed(
         "steps_per_s": sps,
         "ns_per_day": sps * dt_fs * 86400.0 * 1e-6,
         "final_potential_kj_mol": float(epot),
+        "final_temperature_k": float(temp),
     }
 
 

@@ -220,7 +220,9 @@ def _md_md(sec: dict[str, Any] | None) -> list[str]:
     if status:
         return out + status
     out += [
-        f"{sec['system']}, {sec['n_atoms']} atoms, vacuum, LangevinMiddleIntegrator 300 K.",
+        f"{sec['system']}, {sec['n_atoms']} atoms, vacuum, LangevinMiddleIntegrator 300 K, 1/ps;"
+        " same integrator, platform and thread count for every potential. The instantaneous"
+        " temperature at the end shows the timed trajectory stayed physical.",
         "",
     ]
     rows, notes = [], []
@@ -236,9 +238,18 @@ def _md_md(sec: dict[str, Any] | None) -> list[str]:
                 r["steps_per_s"],
                 r["ns_per_day"],
                 r["slowdown_vs_amber14_flexible"],
+                r.get("final_temperature_k", ""),
             ]
         )
-    header = ["potential", "platform", "dt (fs)", "steps/s", "ns/day", "× slower than Amber14 1 fs"]
+    header = [
+        "potential",
+        "platform",
+        "dt (fs)",
+        "steps/s",
+        "ns/day",
+        "× slower than Amber14 1 fs",
+        "T at end (K)",
+    ]
     out += _table(header, rows)
     info = sec.get("ml_model") or {}
     if info.get("trained_here"):

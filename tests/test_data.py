@@ -316,3 +316,19 @@ def test_views_compose_like_numpy(first, second, seed):
     parts = ds.split(0.5, 0.3, seed=seed)
     got = [s.info["k"] for p in parts for s in p]
     assert len(got) == len(set(got)) == 16
+
+
+def test_rmd17_key_names(tmp_path):
+    rng = np.random.default_rng(2)
+    r = rng.normal(0, 1.0, (3, 2, 3)) + np.array([[0, 0, 0], [2.0, 0, 0]])
+    np.savez(
+        tmp_path / "r.npz",
+        nuclear_charges=np.array([1, 9]),
+        coords=r,
+        energies=np.array([-1.0, -2.0, -3.0]),
+        forces=np.ones((3, 2, 3)),
+    )
+    ds = read(tmp_path / "r.npz", energy_unit="kcal/mol", length_unit="angstrom")
+    assert ds[2].energy == pytest.approx(-3.0 * EV_PER_KCAL_PER_MOL)
+    np.testing.assert_allclose(ds[1].positions, r[1])
+    np.testing.assert_allclose(ds[0].forces, EV_PER_KCAL_PER_MOL)

@@ -162,6 +162,9 @@ def _memmap_npz_member(path: Path, zf: zipfile.ZipFile, name: str) -> np.ndarray
     )
 
 
+_RMD17_KEYS = {"z": "nuclear_charges", "R": "coords", "E": "energies", "F": "forces"}
+
+
 class _NpzSource:
     """MD17-style npz (z, R, E, F, optional cell/pbc/info); R and F memory-mapped when stored uncompressed."""
 
@@ -169,15 +172,20 @@ class _NpzSource:
         self.path = path
         with np.load(path, allow_pickle=False) as f:
             keys = set(f.files)
-            missing = {"z", "R"} - keys
+            # MD17 names (z, R, E, F), or the revised-MD17 ones, mapped onto them.
+            alias = _RMD17_KEYS if "z" not in keys and "nuclear_charges" in keys else {}
+            k = {name: alias.get(name, name) for name in ("z", "R", "E", "F")}
+            self._keys = k
+            missing = {k["z"], k["R"]} - keys
             if missing:
                 raise ValueError(
-                    f"{path}: npz lacks key(s) {sorted(missing)} (need z, R; optional E, F)"
+                    f"{path}: npz lacks key(s) {sorted(missing)} (need z, R; optional E, F; "
+                    "or rMD17's nuclear_charges, coords, energies, forces)"
                 )
             stored_e = str(f["energy_unit"]) if "energy_unit" in keys else None
             stored_l = str(f["length_unit"]) if "length_unit" in keys else None
-            self.z = np.asarray(f["z"]).astype(np.int64)
-            self.E = np.asarray(f["E"], dtype=np.float64).reshape(-1) if "E" in keys else None
+            self.z = np.asarray(f[k["z"]]).astype(np.int64)
+            self.E = np.asarray(f[k["E"]], dtype=np.float64).reshape(-1) if k["E"] in keys else None
             self.cell = np.asarray(f["cell"], dtype=np.float64) if "cell" in keys else None
             self.pbc = np.asarray(f["pbc"], dtype=bool) if "pbc" in keys else None
             self.info = [json.loads(str(x)) for x in f["info"]] if "info" in keys else None
@@ -201,15 +209,16 @@ class _NpzSource:
         self.e_fac = energy_factor(e_unit, "eV")
         self.l_fac = length_factor(l_unit, "angstrom")
         self.f_fac = self.e_fac / self.l_fac
+        r_name, f_name = f"{k['R']}.npy", f"{k['F']}.npy"
         with zipfile.ZipFile(path) as zf:
             names = set(zf.namelist())
-            self.R = _memmap_npz_member(path, zf, "R.npy")
-            self.F = _memmap_npz_member(path, zf, "F.npy") if "F.npy" in names else None
-        if self.R is None or ("F.npy" in names and self.F is None):
+            self.R = _memmap_npz_member(path, zf, r_name)
+            self.F = _memmap_npz_member(path, zf, f_name) if f_name in names else None
+        if self.R is None or (f_name in names and self.F is None):
             with np.load(path, allow_pickle=False) as f:  # compressed: must decompress fully
-                self.R = np.asarray(f["R"]) if self.R is None else self.R
-                if "F" in f.files and self.F is None:
-                    self.F = np.asarray(f["F"])
+                self.R = np.asarray(f[k["R"]]) if self.R is None else self.R
+                if k["F"] in f.files and self.F is None:
+                    self.F = np.asarray(f[k["F"]])
         if self.R.ndim != 3 or self.R.shape[2] != 3:
             raise ValueError(f"{path}: R must have shape (frames, atoms, 3), got {self.R.shape}")
         n_frames, n_atoms = self.R.shape[:2]

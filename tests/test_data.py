@@ -161,6 +161,12 @@ def test_self_energies_single_composition_reproduce_mean(waters):
     fit = waters.fit_self_energies()
     mean = np.mean([s.energy for s in waters])
     assert fit[8] + 2 * fit[1] == pytest.approx(mean, abs=1e-9)
+    assert fit[1] / fit[8] == pytest.approx(2.0)  # minimum norm: proportional to the counts (1, 2)
+    # with a prior, the degenerate direction is taken from it
+    fit = waters.fit_self_energies(prior={1: -13.0, 8: -2000.0})
+    assert fit[8] + 2 * fit[1] == pytest.approx(mean, abs=1e-9)
+    shift = (mean - (-2000.0 - 26.0)) / 5.0  # the deviation is along the counts (1, 2)
+    assert fit[8] == pytest.approx(-2000.0 + shift) and fit[1] == pytest.approx(-13.0 + 2 * shift)
 
 
 def test_stats(waters):

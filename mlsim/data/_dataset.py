@@ -163,11 +163,12 @@ class Dataset:
             start += c
         return tuple(parts)
 
-    def fit_self_energies(self) -> dict[int, float]:
+    def fit_self_energies(self, prior: dict[int, float] | None = None) -> dict[int, float]:
         """Least-squares per-element energies e_Z (eV) with E_s ~ sum_Z count_sZ * e_Z.
 
         When compositions do not determine every e_Z separately (e.g. a single molecule), the
-        minimum-norm solution is returned: it still reproduces the mean energy of each composition.
+        solution closest to `prior` (e.g. isolated-atom energies; default all zero, i.e. minimum
+        norm) is returned; it still reproduces the mean energy of each composition.
         """
         elements = sorted({int(z) for s in self for z in np.unique(s.numbers)})
         if not elements:
@@ -181,8 +182,10 @@ class Dataset:
             zs, counts = np.unique(s.numbers, return_counts=True)
             a[i, [col[int(z)] for z in zs]] = counts
             e[i] = s.energy
-        coef, *_ = np.linalg.lstsq(a, e, rcond=None)
-        return {z: float(coef[col[z]]) for z in elements}
+        p = np.array([float((prior or {}).get(z, 0.0)) for z in elements])
+        # Fit the deviation from the prior: the minimum-norm deviation is the answer nearest it.
+        coef, *_ = np.linalg.lstsq(a, e - a @ p, rcond=None)
+        return {z: float(coef[col[z]] + p[col[z]]) for z in elements}
 
     def stats(self) -> dict[str, Any]:
         """Summary numbers: counts per element, atoms per structure, energy and force ranges."""

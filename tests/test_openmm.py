@@ -400,3 +400,23 @@ def test_export_cli_writes_a_torchforce_file(tmp_path):
 def test_create_force_rejects_bad_backend():
     with pytest.raises(ValueError, match="unknown OpenMM backend"):
         create_force(MorseStandIn(), [1, 1], backend="cuda-graphs")
+
+
+def test_md_cli_runs_and_reports_blowup(tmp_path, capsys):
+    from mlsim.cli import main
+
+    path = tmp_path / "model.pt"
+    torch.manual_seed(0)
+    eager = models.PaiNNModel([1, 6, 8], cutoff=4.0, features=8, num_interactions=1)
+    models.save_model(eager, path, spec={"architecture": "painn", "elements": [1, 6, 8]})
+    ethanol().to_atoms().write(tmp_path / "ethanol.xyz")
+    base = [str(path), "--structure", str(tmp_path / "ethanol.xyz"), "--steps", "40"]
+    base += ["--report-interval", "20", "--seed", "1", "--no-progress"]
+    assert main(["md", *base, "-o", str(tmp_path / "md")]) == 0
+    assert "40 steps (0.020 ps)" in capsys.readouterr().out
+    rows = np.genfromtxt(tmp_path / "md" / "state.csv", delimiter=",", names=True)
+    assert list(rows["Step"]) == [20, 40] and np.isfinite(rows["Speed_nsday"]).all()
+    # A threshold below the starting forces: refused up front with a clear message, exit 3.
+    assert main(["md", *base, "-o", str(tmp_path / "md2"), "--max-force", "1e-6"]) == 3
+    assert "already unphysical" in capsys.readouterr().err
+    assert main(["md", *base, "-o", str(tmp_path / "md")]) == 1  # would overwrite a trajectory

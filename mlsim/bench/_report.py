@@ -184,6 +184,13 @@ def _accuracy_md(sec: dict[str, Any] | None) -> list[str]:
         "F MAE (kcal/mol/Å)",
         "parity plot",
     ]
+    cross = sec.get("xtb_crosscheck")
+    if cross:
+        notes.append(
+            f"- Check: this benchmark's GFN2-xTB agrees with the stored xTB labels"
+            f" (`{cross['file']}`) on {cross['n']} frames to"
+            f" {cross['max_force_diff_ev_per_a'] * 1000:.2g} meV/Å (max force difference)."
+        )
     out += _table(header, rows) + [""] + notes + [""]
     return out
 

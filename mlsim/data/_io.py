@@ -311,6 +311,8 @@ def write(
                 data = gzip.compress(data, mtime=0)
             with open(tmp, "wb") as fh:
                 fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())  # on disk before the rename makes it the real file
         elif fmt == "npz":
             _write_npz(Path(tmp), structures, energy_unit, length_unit)
         elif fmt == "db":

@@ -2,6 +2,9 @@
 # target mlsim_cuda_deps. The CUDA compiler must match torch's CUDA major version: kernels built
 # by nvcc 13 against a CUDA 12 torch load but fail at launch, which is worse than not building them.
 set(MLSIM_WITH_CUDA OFF)
+# Developer escape hatch: compile-check the .cu files with whatever nvcc exists (the result is not
+# expected to run against torch's CUDA runtime); never set it for a build that is used.
+option(MLSIM_CUDA_ALLOW_MISMATCH "Accept an nvcc whose major version differs from torch's (compile check only)" OFF)
 set(_why "")
 if(MLSIM_CUDA STREQUAL "OFF")
   set(_why "MLSIM_CUDA=OFF")
@@ -28,7 +31,7 @@ else()
     string(REGEX MATCH "release ([0-9]+)\\.([0-9]+)" _m "${_out}")
     set(_major "${CMAKE_MATCH_1}")
     list(APPEND _seen "${_nvcc} (CUDA ${CMAKE_MATCH_1}.${CMAKE_MATCH_2})")
-    if(_major STREQUAL _torch_cuda_major)
+    if(_major STREQUAL _torch_cuda_major OR MLSIM_CUDA_ALLOW_MISMATCH)
       set(CMAKE_CUDA_COMPILER "${_nvcc}")
       set(MLSIM_WITH_CUDA ON)
       break()
@@ -67,6 +70,9 @@ if(MLSIM_WITH_CUDA)
   target_link_libraries(mlsim_cuda_deps INTERFACE
     "${TORCH_DIR}/lib/libc10_cuda.so" "${TORCH_DIR}/lib/libtorch_cuda.so")
   set(MLSIM_BUILD_INFO "CUDA kernels built with ${CMAKE_CUDA_COMPILER}")
+  if(MLSIM_CUDA_ALLOW_MISMATCH)
+    set(MLSIM_BUILD_INFO "${MLSIM_BUILD_INFO} (MLSIM_CUDA_ALLOW_MISMATCH: compile check only)")
+  endif()
   message(STATUS "mlsim: ${MLSIM_BUILD_INFO}")
 else()
   if(MLSIM_CUDA STREQUAL "ON")

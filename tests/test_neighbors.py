@@ -8,6 +8,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mlsim import _core
 from mlsim.neighbors import neighbor_list, neighbor_list_batch_torch, neighbor_list_torch
 
 
@@ -202,8 +203,6 @@ def test_bad_input(kwargs, message):
 
 
 def test_core_validates_without_python_checks():
-    from mlsim import _core
-
     with pytest.raises(ValueError, match="singular"):
         _core.neighbor_list(np.zeros((2, 3)), 1.0, np.zeros((3, 3)), (True, False, False))
     with pytest.raises(ValueError, match="NaN"):
@@ -304,3 +303,36 @@ def test_torch_op_bad_input():
         torch.ops.mlsim.neighbor_list_batch(
             pos, cell[None], pbc[None], torch.tensor([0, 2]), 1.0, True
         )
+
+
+@pytest.mark.skipif(
+    not (torch.cuda.is_available() and _core.cuda_built()),
+    reason="needs a GPU and an extension built with the CUDA kernels",
+)
+@pytest.mark.parametrize("pbc", [(True, True, True), (True, False, False), (False, False, False)])
+@pytest.mark.parametrize("full", [True, False])
+def test_cuda_op_matches_cpu(pbc, full):
+    pos, cell = _fcc(3.6, 4, 0.1, 12)
+    pos = pos + np.array([1.0, -7.0, 30.0])  # some atoms outside the cell
+    args = (torch.tensor(cell), torch.tensor(pbc), 4.2, full)
+    want = torch.ops.mlsim.neighbor_list(torch.tensor(pos), *args)
+    got = torch.ops.mlsim.neighbor_list(
+        torch.tensor(pos, device="cuda"), args[0].cuda(), args[1].cuda(), *args[2:]
+    )
+    assert all(t.device.type == "cuda" for t in got)
+    assert all(torch.equal(a, b.cpu()) for a, b in zip(want, got))
+    # Tiny periodic cell (many images) and the batched op.
+    small = torch.tensor([[0.1, 0.2, 0.3], [1.0, 1.1, 0.9]], dtype=torch.float64)
+    cell2 = torch.eye(3, dtype=torch.float64) * 1.7
+    pbc2 = torch.tensor(pbc)
+    want = torch.ops.mlsim.neighbor_list(small, cell2, pbc2, 3.0, full)
+    got = torch.ops.mlsim.neighbor_list(small.cuda(), cell2.cuda(), pbc2.cuda(), 3.0, full)
+    assert all(torch.equal(a, b.cpu()) for a, b in zip(want, got))
+    ptr = torch.tensor([0, 2, 2, 4])
+    pos_b = torch.cat([small, small + 0.3])
+    cells, pbcs = cell2.expand(3, 3, 3).contiguous(), pbc2.expand(3, 3).contiguous()
+    want = torch.ops.mlsim.neighbor_list_batch(pos_b, cells, pbcs, ptr, 3.0, full)
+    got = torch.ops.mlsim.neighbor_list_batch(
+        pos_b.cuda(), cells.cuda(), pbcs.cuda(), ptr.cuda(), 3.0, full
+    )
+    assert all(torch.equal(a, b.cpu()) for a, b in zip(want, got))

@@ -26,6 +26,10 @@ class Batch:
     has_energy: torch.Tensor  # (B,) bool
     has_forces: torch.Tensor  # (N,) bool
 
+    def to(self, device: torch.device | str) -> Batch:
+        """The same batch with every tensor on `device`."""
+        return Batch(**{f: getattr(self, f).to(device) for f in self.__dataclass_fields__})
+
     def inputs(self) -> tuple[torch.Tensor, ...]:
         """The five tensors of the model's forward()."""
         return self.numbers, self.positions, self.cell, self.pbc, self.batch

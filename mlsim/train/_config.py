@@ -39,6 +39,7 @@ class TrainConfig:
     early_stopping_patience: int = 50  # epochs without val force MAE improvement
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     dtype: str = "float32"
+    device: str = "cpu"  # "cuda" trains on the GPU (cuda:LOCAL_RANK under torchrun, nccl)
     grad_clip: float = 10.0
     plots: bool = True
     base_dir: str = "."  # set by load_config: the YAML file's folder
@@ -54,6 +55,8 @@ class TrainConfig:
             raise ValueError(f"schedule must be 'plateau' or 'cosine', not {self.schedule!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, not {self.dtype!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', not {self.device!r}")
         if self.batch_size < 1 or self.epochs < 1 or self.ensemble < 1:
             raise ValueError("batch_size, epochs and ensemble must be >= 1")
         if not 0.0 <= self.ema_decay < 1.0:

@@ -23,8 +23,10 @@ def predict(
     dtype: torch.dtype | None = None,
 ) -> dict[str, np.ndarray]:
     """Energies and forces predicted for every structure, alongside the references (eV, eV/A)."""
+    ref = next((b for b in model.buffers() if b.dtype.is_floating_point), None)
     if dtype is None:
-        dtype = next((b.dtype for b in model.buffers() if b.dtype.is_floating_point), torch.float32)
+        dtype = ref.dtype if ref is not None else torch.float32
+    device = ref.device if ref is not None else torch.device("cpu")
     data = TensorData(structures, dtype)
     n = len(data)
     e_pred, f_pred = np.zeros(n), []
@@ -35,10 +37,10 @@ def predict(
     )
     for start in range(0, n, batch_size):
         idx = list(range(start, min(n, start + batch_size)))
-        b = data.batch(idx)
+        b = data.batch(idx).to(device)
         out = compute_properties(model, *b.inputs(), forces=True)
-        e_pred[idx] = out["energy"].detach().double().numpy()
-        f_pred.append(out["forces"].detach().double().numpy())
+        e_pred[idx] = out["energy"].detach().double().cpu().numpy()
+        f_pred.append(out["forces"].detach().double().cpu().numpy())
         bar.update(len(idx))
     bar.close()
     return {

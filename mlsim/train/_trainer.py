@@ -105,7 +105,7 @@ def _members(model: nn.Module) -> list[nn.Module]:
 
 def _batch_loss(model: nn.Module, b: Batch, cfg: TrainConfig, n_e: int, n_f: int) -> torch.Tensor:
     """This rank's share of the global-mean loss (divided by global label counts, not local ones)."""
-    total = torch.zeros((), dtype=b.positions.dtype)
+    total = torch.zeros((), dtype=b.positions.dtype, device=b.positions.device)
     for member in _members(model):
         out = compute_properties(
             member, *b.inputs(), forces=cfg.forces_weight > 0, create_graph=True
@@ -182,16 +182,23 @@ def _plots(out: Path, history: list[dict], pred: dict[str, np.ndarray], label: s
     plt.close(fig)
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size); initialises torch.distributed when launched by torchrun."""
+def _distributed(device: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); initialises torch.distributed when launched by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device: cuda was requested but no CUDA GPU is available")
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device("cpu")
     if world <= 1:
-        return 0, 1
+        return 0, 1, dev
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size()
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), dev
 
 
 def _all_reduce_grads(params: list[torch.nn.Parameter], extra: torch.Tensor) -> torch.Tensor:
@@ -220,7 +227,7 @@ def train(
     `stop_after_epochs` ends this process after that many epochs *of this call* without the final
     model/plots, as if interrupted: used to test that --resume continues bit-for-bit.
     """
-    rank, world = _distributed()
+    rank, world, device = _distributed(cfg.device)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
@@ -256,10 +263,10 @@ def train(
         if cfg.ensemble == 1
         else {"architecture": "ensemble", "members": [member_spec] * cfg.ensemble}
     )
-    model = build_model(spec).to(dtype)
+    model = build_model(spec).to(dtype=dtype, device=device)
     if not resume:
         # Input standardisation (ANI's AEV statistics) from up to 500 training structures.
-        sample = train_data.batch(np.arange(min(len(train_data), 500)))
+        sample = train_data.batch(np.arange(min(len(train_data), 500))).to(device)
         for member in _members(model):
             if hasattr(member, "fit_input_scaling"):
                 member.fit_input_scaling(*sample.inputs())
@@ -301,6 +308,7 @@ def train(
         sched.load_state_dict(ck["scheduler"])
         if ema is not None:
             ema.load_state_dict(ck["ema"])
+            ema.shadow = {k: v.to(device) for k, v in ema.shadow.items()}
         state = ck["state"]
         _set_rng_state(ck["rng"])
 
@@ -344,11 +352,11 @@ def train(
             local = np.array_split(chunk, world)[rank]
             opt.zero_grad(set_to_none=False)
             if len(local):
-                loss = _batch_loss(model, train_data.batch(local), cfg, n_e, n_f)
+                loss = _batch_loss(model, train_data.batch(local).to(device), cfg, n_e, n_f)
                 loss.backward()
                 loss_val = loss.detach()
             else:
-                loss_val = torch.zeros(())
+                loss_val = torch.zeros((), device=device)
             if world > 1:
                 loss_val = _all_reduce_grads(params, loss_val)[0]
             if cfg.grad_clip > 0:
@@ -444,7 +452,7 @@ def train(
             pred = predict(final, test_set, cfg.eval_batch_size, progress=progress, dtype=dtype)
             summary["test"] = metrics_from_predictions(pred)
             label = "test"
-        save_model(final.float(), out / "model.pt", spec, extra={"training": summary})
+        save_model(final.float().cpu(), out / "model.pt", spec, extra={"training": summary})
         if cfg.plots:
             _plots(out, state["history"], pred, label)
         _atomic_text(json.dumps(summary, indent=1), out / "summary.json")

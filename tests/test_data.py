@@ -338,3 +338,20 @@ def test_rmd17_key_names(tmp_path):
     assert ds[2].energy == pytest.approx(-3.0 * EV_PER_KCAL_PER_MOL)
     np.testing.assert_allclose(ds[1].positions, r[1])
     np.testing.assert_allclose(ds[0].forces, EV_PER_KCAL_PER_MOL)
+
+
+def test_cli_split_and_sample(tmp_path, waters, capsys):
+    from mlsim.cli import main
+
+    write(tmp_path / "w.extxyz", waters)
+    outs = [str(tmp_path / f"{k}.extxyz") for k in ("a", "b")]
+    assert main(["data", "split", str(tmp_path / "w.extxyz"), "8", "4", "--out", *outs]) == 0
+    parts = waters.split(8, 4, seed=0)
+    for part, out in zip(parts, outs, strict=True):
+        assert [s.info["frame"] for s in read(out)] == [s.info["frame"] for s in part]
+    write(tmp_path / "cu.xyz", [Structure([29, 29], [[0, 0, 0], [2.5, 0, 0]])])
+    args = ["data", "sample", str(tmp_path / "cu.xyz"), "--calc", "ase.calculators.emt:EMT"]
+    args += ["--temperatures", "300", "--frames", "3", "--every", "4", "--equilibration", "10"]
+    assert main([*args, "--out", str(tmp_path / "s.extxyz")]) == 0
+    got = read(tmp_path / "s.extxyz")
+    assert len(got) == 3 and got[0].info["temperature_K"] == 300.0

@@ -1,4 +1,4 @@
-"""`mlsim data`: inspect and convert data files (extxyz[.gz], npz, ASE db, other ASE formats)."""
+"""`mlsim data`: inspect, convert, split and sample data files (extxyz[.gz], npz, ASE db, ...)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 NAME = "data"
-HELP = "Inspect (info) or convert data files: extxyz[.gz], MD17-style npz, ASE db."
+HELP = "Data files (extxyz[.gz], MD17-style npz, ASE db): info, convert, split, sample (MD)."
 
 
 def _units(p: argparse.ArgumentParser) -> None:
@@ -17,12 +17,34 @@ def _units(p: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register the `info` and `convert` actions."""
+    """Register the info, split, sample and convert actions."""
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     info = sub.add_parser("info", help="print a summary: counts, elements, energy and force ranges")
     info.add_argument("file", type=Path)
     _units(info)
     info.add_argument("--no-validate", action="store_true", help="skip the per-structure checks")
+    spl = sub.add_parser("split", help="seeded random split into files, e.g. 0.8 0.1 0.1 or counts")
+    spl.add_argument("file", type=Path)
+    spl.add_argument("sizes", nargs="+", help="fractions (sum <= 1) or integer counts")
+    spl.add_argument("--out", type=Path, nargs="+", required=True, help="one output file per size")
+    spl.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    _units(spl)
+    smp = sub.add_parser(
+        "sample", help="Langevin MD from a start structure, keeping every k-th frame (unlabelled)"
+    )
+    smp.add_argument("start", type=Path, help="start structure (first frame of any readable file)")
+    smp.add_argument(
+        "--calc", default="xtb", help="xtb (default) or package.module:CalculatorClass"
+    )
+    smp.add_argument("--temperatures", type=float, nargs="+", required=True, help="kelvin")
+    smp.add_argument("--frames", type=int, required=True, help="frames kept per temperature")
+    smp.add_argument("--every", type=int, default=80, help="MD steps between kept frames (80)")
+    smp.add_argument("--timestep", type=float, default=0.5, help="fs (default 0.5)")
+    smp.add_argument("--friction", type=float, default=0.01, help="1/fs (default 0.01)")
+    smp.add_argument("--equilibration", type=float, default=1000.0, help="fs (default 1000)")
+    smp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    smp.add_argument("--charge", type=int, default=0, help="total charge for xtb (default 0)")
+    smp.add_argument("--out", type=Path, required=True, help="output file (format by extension)")
     conv = sub.add_parser(
         "convert", help="convert between formats (by extension); output in eV/Angstrom"
     )
@@ -88,7 +110,49 @@ def run(args: argparse.Namespace) -> int:
         for line in _info_summary(ds):
             print(line)
         return 0
+    if args.action == "split":
+        return _split(args)
+    if args.action == "sample":
+        return _sample(args)
     ds = read(args.input, energy_unit=args.energy_unit, length_unit=args.length_unit)
     write(args.output, ds)
     print(f"wrote {len(ds)} structures to {args.output}")
+    return 0
+
+
+def _split(args: argparse.Namespace) -> int:
+    from mlsim.data import read, write
+
+    if len(args.out) != len(args.sizes):
+        raise ValueError(f"{len(args.sizes)} sizes but {len(args.out)} --out files")
+    try:
+        sizes: list[float] = [int(x) for x in args.sizes]
+    except ValueError:
+        sizes = [float(x) for x in args.sizes]
+    ds = read(args.file, energy_unit=args.energy_unit, length_unit=args.length_unit)
+    for part, path in zip(ds.split(*sizes, seed=args.seed), args.out, strict=True):
+        write(path, part)
+        print(f"wrote {len(part)} structures to {path}")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from mlsim.data import read, sample, write
+    from mlsim.data._backends import make_calculator
+
+    start = read(args.start)[0]
+    calc, _ = make_calculator(args.calc, charge=args.charge)
+    ds = sample(
+        start,
+        calc,
+        args.temperatures,
+        args.frames,
+        every=args.every,
+        timestep_fs=args.timestep,
+        friction_per_fs=args.friction,
+        equilibration_fs=args.equilibration,
+        seed=args.seed,
+    )
+    write(args.out, ds)
+    print(f"wrote {len(ds)} structures to {args.out}")
     return 0

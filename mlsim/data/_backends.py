@@ -11,7 +11,14 @@ import numpy as np
 from mlsim.data._structure import Structure
 from mlsim.units import ANGSTROM_PER_BOHR, EV_PER_HARTREE
 
-__all__ = ["AseLabeller", "LabelFailure", "Labeller", "PySCFLabeller", "make_labeller"]
+__all__ = [
+    "AseLabeller",
+    "LabelFailure",
+    "Labeller",
+    "PySCFLabeller",
+    "make_calculator",
+    "make_labeller",
+]
 
 
 class LabelFailure(RuntimeError):
@@ -150,16 +157,24 @@ def make_labeller(
         return PySCFLabeller(
             functional, basis, density_fit=density_fit, charge=charge, spin=spin, threads=threads
         )
+    if method == "xtb" or ":" in method:
+        calc, name = make_calculator(method, charge=charge, spin=spin)
+        return AseLabeller(calc, name)
+    raise ValueError(f"unknown method {method!r}: use dft, xtb or module:CalculatorClass")
+
+
+def make_calculator(method: str, *, charge: int = 0, spin: int = 0) -> tuple[Any, str]:
+    """Return (ASE calculator, name) for 'xtb' (tblite GFN2-xTB) or 'package.module:CalculatorClass'."""
     if method == "xtb":
         from tblite.ase import TBLite
 
         calc = TBLite(method="GFN2-xTB", charge=charge, multiplicity=spin + 1, verbosity=0)
-        return AseLabeller(calc, "GFN2-xTB")
+        return calc, "GFN2-xTB"
     if ":" in method:
         mod_name, _, cls_name = method.partition(":")
         try:
             cls = getattr(importlib.import_module(mod_name), cls_name)
         except (ImportError, AttributeError) as exc:
             raise ValueError(f"cannot load calculator {method!r}: {exc}") from exc
-        return AseLabeller(cls(), cls_name)
-    raise ValueError(f"unknown method {method!r}: use dft, xtb or module:CalculatorClass")
+        return cls(), cls_name
+    raise ValueError(f"unknown calculator {method!r}: use xtb or module:CalculatorClass")

@@ -70,7 +70,9 @@ def sample(
         thermalize_momenta(atoms, temp, rng=rng)
         Stationary(atoms)
         if not atoms.pbc.any():
-            ZeroRotation(atoms)
+            # ASE divides by each principal moment before discarding zero ones (linear molecules).
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ZeroRotation(atoms)
         dyn = Langevin(
             atoms,
             timestep=timestep_fs * units.fs,

@@ -333,6 +333,13 @@ def train(
     stop_reason = "epochs"
     n_train = len(train_data)
     while state["epoch"] < cfg.epochs:
+        # Checked before the epoch too, so resuming a run that already stopped trains no further.
+        if state["bad_epochs"] >= cfg.early_stopping_patience:
+            stop_reason = "early_stopping"
+            break
+        if cfg.time_budget_min is not None and state["elapsed"] >= 60 * cfg.time_budget_min:
+            stop_reason = "time_budget"
+            break
         t0 = time.perf_counter()
         epoch = state["epoch"]
         model.train()

@@ -355,3 +355,28 @@ def test_cli_split_and_sample(tmp_path, waters, capsys):
     assert main([*args, "--out", str(tmp_path / "s.extxyz")]) == 0
     got = read(tmp_path / "s.extxyz")
     assert len(got) == 3 and got[0].info["temperature_K"] == 300.0
+
+
+def test_npz_vectorised_validation_names_frame(tmp_path):
+    rng = np.random.default_rng(5)
+    r = rng.normal(0, 0.02, (50, 3, 3)) + np.array([[0, 0, 0], [1.0, 0, 0], [0, 1.0, 0]])
+    f = rng.normal(0, 1, (50, 3, 3))
+    kw = {"energy_unit": "eV", "length_unit": "angstrom"}
+    np.savez(tmp_path / "ok.npz", z=[8, 1, 1], R=r, F=f)
+    assert len(read(tmp_path / "ok.npz", require_forces=True, **kw)) == 50
+    with pytest.raises(ValueError, match="structure 0: energy is missing"):
+        read(tmp_path / "ok.npz", require_energy=True, **kw)
+    f2 = f.copy()
+    f2[31, 2, 0] = np.nan
+    np.savez(tmp_path / "nan.npz", z=[8, 1, 1], R=r, F=f2)
+    with pytest.raises(ValueError, match="structure 31: non-finite.*force on atom 2"):
+        read(tmp_path / "nan.npz", **kw)
+    r2 = r.copy()
+    r2[17, 2] = r2[17, 1] + [0.0, 0.2, 0.0]
+    r2[40, 0, 0] = np.inf
+    np.savez(tmp_path / "clash.npz", z=[8, 1, 1], R=r2)
+    with pytest.raises(ValueError, match="structure 17: atoms 1 and 2 are 0.200 A"):
+        read(tmp_path / "clash.npz", **kw)
+    # in nm the same numbers are 10x farther apart: no clash, only the inf in frame 40
+    with pytest.raises(ValueError, match="structure 40: non-finite"):
+        read(tmp_path / "clash.npz", energy_unit="eV", length_unit="nm")

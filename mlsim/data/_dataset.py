@@ -120,8 +120,20 @@ class Dataset:
         min_distance: float = MIN_DISTANCE,
     ) -> None:
         """Raise ValueError naming the first bad structure (NaN/inf, unknown element, clash, missing labels)."""
+        start = 0
+        screen = getattr(self._source, "first_suspect", None)
+        if screen is not None and self._index is None:
+            try:
+                start = screen(require_energy, require_forces, min_distance)
+            except NotImplementedError:
+                start = 0
+            else:
+                if start < 0:
+                    return
+                # Every structure is uniform in an npz, so same_n_atoms holds; check the suspect.
         n_atoms = None
-        for i, s in enumerate(self):
+        for i in range(start, len(self)):
+            s = self[i]
             validate_structure(
                 s,
                 i,

@@ -1,6 +1,21 @@
-"""Labelled structures: containers, file formats, sampling and reference labelling."""
+"""Labelled structures: containers, file formats, sampling and reference labelling.
 
-from mlsim.data._backends import LabelFailure, make_labeller
+    ds = mlsim.data.read("examples/ethanol/ethanol_train_dft.extxyz.gz")   # Dataset, validated
+    train, val = ds.split(0.9, 0.1, seed=0)                                 # deterministic
+    e0 = ds.fit_self_energies()                                             # {Z: eV}
+    frames = mlsim.data.sample(start, TBLite(method="GFN2-xTB"), [300, 600], n_frames=100)
+    mlsim.data.label(frames, "out.extxyz.gz", "dft")                        # resumable
+
+Everything is in ASE units (Angstrom, eV, eV/A); npz files take explicit units.
+"""
+
+from mlsim.data._backends import (
+    AseLabeller,
+    LabelFailure,
+    PySCFLabeller,
+    make_calculator,
+    make_labeller,
+)
 from mlsim.data._dataset import Dataset
 from mlsim.data._io import read, write
 from mlsim.data._label import LabelSummary, label
@@ -10,12 +25,15 @@ from mlsim.data._structure import Structure
 from mlsim.data._validate import validate_structure
 
 __all__ = [
+    "AseLabeller",
     "Dataset",
     "LabelFailure",
     "LabelSummary",
+    "PySCFLabeller",
     "Structure",
     "ethanol_path",
     "label",
+    "make_calculator",
     "make_labeller",
     "read",
     "sample",

@@ -144,6 +144,26 @@ def test_periodic_stress_matches_finite_strain_and_supercell_is_extensive(arch: 
     assert e_big.item() == pytest.approx(2 * out["energy"].item(), rel=1e-10)
 
 
+def test_all_pairs_path_equals_neighbor_op() -> None:
+    """The pure-torch all-pairs path and mlsim's neighbor op find the same pairs and vectors."""
+    from mlsim.models._graph import neighbor_pairs, pair_vectors
+
+    rng = np.random.default_rng(7)
+    pos = torch.tensor(rng.uniform(0, 7, size=(40, 3)))
+    batch = torch.tensor([0] * 15 + [1] * 25)
+    cell = torch.zeros(2, 3, 3, dtype=torch.float64)
+    pbc = torch.zeros(2, 3, dtype=torch.bool)
+    found = []
+    for limit in (1000, 0):  # all-pairs, then the op
+        i, j, shifts = neighbor_pairs(pos, cell, pbc, batch, 3.0, limit)
+        vec = pair_vectors(pos, cell, batch, i, j, shifts)
+        lo, hi = torch.minimum(i, j), torch.maximum(i, j)
+        sign = torch.where(i < j, 1.0, -1.0).to(vec.dtype).unsqueeze(1)
+        found.append(sorted(zip(lo.tolist(), hi.tolist(), (vec * sign).round(decimals=9).tolist())))
+    assert found[0] == found[1] and len(found[0]) > 20
+    assert all(batch[a] == batch[b] for a, b, _ in found[0])
+
+
 def test_torchscript_round_trip_identical(tmp_path) -> None:
     """save_model -> load_model gives bitwise-identical energies, members and metadata."""
     torch.manual_seed(0)

@@ -246,3 +246,23 @@ def test_shuffled_order_with_limit(tmp_path):
     assert (summ.n_already, summ.n_labelled) == (4, 2)
     label(inp, out, "ase.calculators.emt:EMT", progress=False, shuffle=3)
     assert sorted(_labels(out)) == list(range(10))
+
+
+def test_cli_dft_options_reach_pyscf(tmp_path, capsys):
+    from mlsim.cli import main
+
+    write(tmp_path / "h2.extxyz", [Structure([1, 1], [[0, 0, 0], [0, 0, 0.74]])])
+    out = tmp_path / "h2_dft.extxyz"
+    args = ["label", str(tmp_path / "h2.extxyz"), "--method", "dft", "--functional", "pbe"]
+    args += ["--basis", "sto-3g", "--threads", "1", "--no-progress", "--out", str(out)]
+    assert main(args) == 0
+    (s,) = read(out, require_forces=True)
+    assert s.info["method"] == "PBE/STO-3G" and s.info["density_fit"]
+    # PBE/STO-3G H2 near equilibrium: about -1.15 Hartree, forces along the bond, summing to zero
+    assert s.energy == pytest.approx(-1.15 * 27.2114, rel=0.02)
+    np.testing.assert_allclose(s.forces[:, :2], 0.0, atol=1e-6)
+    assert s.forces[0, 2] == pytest.approx(-s.forces[1, 2], abs=1e-6)
+    assert main([*args[:-2], "--no-density-fit", "--out", str(tmp_path / "nodf.extxyz")]) == 0
+    (t,) = read(tmp_path / "nodf.extxyz")
+    assert not t.info["density_fit"] and t.energy == pytest.approx(s.energy, abs=2e-3)
+    assert "1 labelled now" in capsys.readouterr().err

@@ -245,6 +245,7 @@ def test_sample_langevin_and_trajectory(tmp_path):
     b = sample(start, EMT(), [300.0, 900.0], 3, **kw)
     assert len(a) == 6 and [s.info["temperature_K"] for s in a] == [300.0] * 3 + [900.0] * 3
     assert a[2].info["time_fs"] == pytest.approx(20.0 + 3 * 5 * 2.0)
+    assert a[2].info["md_calculator"] == "EMT"
     for x, y in zip(a, b, strict=True):  # same seed -> same trajectory
         np.testing.assert_allclose(x.positions, y.positions)
     assert not np.allclose(a[0].positions, start.positions)

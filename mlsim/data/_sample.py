@@ -73,6 +73,9 @@ def sample(
             # ASE divides by each principal moment before discarding zero ones (linear molecules).
             with np.errstate(divide="ignore", invalid="ignore"):
                 ZeroRotation(atoms)
+        calc_name = str(
+            getattr(atoms.calc, "parameters", {}).get("method") or type(atoms.calc).__name__
+        )
         dyn = Langevin(
             atoms,
             timestep=timestep_fs * units.fs,
@@ -98,6 +101,7 @@ def sample(
                     "temperature_K": float(temp),
                     "seed": int(seed),
                     "trajectory": f"T{temp:g}-seed{seed}",
+                    "md_calculator": calc_name,
                     "time_fs": round((n_eq + (f + 1) * every) * timestep_fs, 6),
                 },
             )

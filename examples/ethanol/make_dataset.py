@@ -1,6 +1,7 @@
 """Make the shipped ethanol data set: GFN2-xTB Langevin sampling, then GFN2-xTB and B3LYP/6-31G* labels.
 
-    nice -n 19 nohup .venv/bin/python examples/ethanol/make_dataset.py > /tmp/ethanol_dft.log 2>&1 &
+    OMP_WAIT_POLICY=PASSIVE nice -n 19 nohup .venv/bin/python examples/ethanol/make_dataset.py \
+        >> /tmp/ethanol_dft.log 2>&1 &
 
 Rerunning the same command resumes: sampling is skipped when the geometry files exist, and every
 labelling step is `mlsim label`, which continues where a killed run stopped. The DFT labels go in

@@ -11,7 +11,9 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <new>
+#include <utility>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -432,9 +434,50 @@ NeighborList compute_neighbors(const double* positions, int64_t n_atoms, const N
     return result;
 }
 
+namespace {
+// Large pair buffers are kept for the next call instead of being freed: an MD loop asks for the same
+// sizes every step, and fresh memory costs a page fault plus zeroing per page (as much time as the
+// search itself). Bounded, so a one-off huge list does not pin memory forever.
+constexpr size_t kHugePage = size_t(2) << 20;
+constexpr size_t kPoolMaxBlocks = 16;
+constexpr size_t kPoolMaxBytes = size_t(512) << 20;
+std::mutex pool_mutex;
+std::vector<std::pair<void*, size_t>> pool;  // (block, bytes)
+
+void* take_from_pool(size_t bytes, size_t* got) {
+    std::lock_guard<std::mutex> lock(pool_mutex);
+    size_t best = pool.size();
+    for (size_t k = 0; k < pool.size(); ++k) {
+        if (pool[k].second >= bytes && (best == pool.size() || pool[k].second < pool[best].second)) best = k;
+    }
+    if (best == pool.size()) return nullptr;
+    void* p = pool[best].first;
+    *got = pool[best].second;
+    pool.erase(pool.begin() + static_cast<std::ptrdiff_t>(best));
+    return p;
+}
+
+void give_to_pool(void* p, size_t bytes) noexcept {
+    if (p == nullptr) return;
+    if (bytes >= 2 * kHugePage) {
+        std::lock_guard<std::mutex> lock(pool_mutex);
+        size_t total = bytes;
+        for (const auto& b : pool) total += b.second;
+        if (pool.size() < kPoolMaxBlocks && total <= kPoolMaxBytes) {
+            try {
+                pool.emplace_back(p, bytes);
+                return;
+            } catch (...) {  // called from destructors: free instead of throwing
+            }
+        }
+    }
+    std::free(p);
+}
+}  // namespace
+
 NeighborList::PairBuffer& NeighborList::PairBuffer::operator=(PairBuffer&& o) noexcept {
     if (this != &o) {
-        std::free(data_);
+        give_to_pool(data_, cap_ * sizeof(Pair));
         data_ = o.data_;
         size_ = o.size_;
         cap_ = o.cap_;
@@ -444,30 +487,33 @@ NeighborList::PairBuffer& NeighborList::PairBuffer::operator=(PairBuffer&& o) no
     return *this;
 }
 
-NeighborList::PairBuffer::~PairBuffer() { std::free(data_); }
+NeighborList::PairBuffer::~PairBuffer() { give_to_pool(data_, cap_ * sizeof(Pair)); }
 
 void NeighborList::PairBuffer::reserve(size_t n) {
     if (n <= cap_) return;
     size_t bytes = n * sizeof(Pair);
     void* p = nullptr;
-    // Large buffers on 2 MB aligned memory advised as huge pages: one page fault per 2 MB instead of
-    // per 4 kB, which matters because the buffer is filled once and page faults dominate.
-    constexpr size_t kHuge = size_t(2) << 20;
-    if (bytes >= 2 * kHuge) {
-        bytes = (bytes + kHuge - 1) / kHuge * kHuge;
-        n = bytes / sizeof(Pair);
-        p = std::aligned_alloc(kHuge, bytes);
+    if (bytes >= 2 * kHugePage) {
+        size_t got = 0;
+        p = take_from_pool(bytes, &got);
+        if (p != nullptr) {
+            bytes = got;
+        } else {
+            // 2 MB aligned and advised as huge pages: one page fault per 2 MB instead of per 4 kB.
+            bytes = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+            p = std::aligned_alloc(kHugePage, bytes);
 #ifdef MADV_HUGEPAGE
-        if (p != nullptr) madvise(p, bytes, MADV_HUGEPAGE);
+            if (p != nullptr) madvise(p, bytes, MADV_HUGEPAGE);
 #endif
+        }
     } else {
         p = std::malloc(bytes);
     }
     if (p == nullptr) throw std::bad_alloc();
     if (size_ > 0) std::memcpy(p, data_, size_ * sizeof(Pair));
-    std::free(data_);
+    give_to_pool(data_, cap_ * sizeof(Pair));
     data_ = static_cast<Pair*>(p);
-    cap_ = n;
+    cap_ = bytes / sizeof(Pair);
 }
 
 void NeighborList::write(int64_t* i, int64_t* j, int64_t* shifts, int num_threads) const {

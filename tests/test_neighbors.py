@@ -172,10 +172,15 @@ def test_edge_cases():
     pos2 = np.random.default_rng(2).uniform(0, 4, (10, 3))
     pbc2 = (True, True, False)
     assert as_set(*neighbor_list(pos2, 3.0, cell2, pbc2)) == brute_force(pos2, 3.0, cell2, pbc2)
-    # Output is deterministic.
-    r1 = neighbor_list(pos, 5.0, cell, True)
-    r2 = neighbor_list(pos, 5.0, cell, True)
+    # Output is deterministic, whatever the number of threads.
+    big, big_cell = _fcc(3.6, 6, 0.1, 6)
+    r1 = _core.neighbor_list(big, 5.0, big_cell, (True, True, True), True, 1)
+    r2 = _core.neighbor_list(big, 5.0, big_cell, (True, True, True), True, 2)
     assert all(np.array_equal(x, y) for x, y in zip(r1, r2))
+    # Sparse system without pbc (two clusters 1 km apart): bins are capped, pairs still exact.
+    rng = np.random.default_rng(3)
+    sparse = np.concatenate([rng.uniform(0, 3, (20, 3)), rng.uniform(0, 3, (20, 3)) + 1e4])
+    assert as_set(*neighbor_list(sparse, 1.2)) == brute_force(sparse, 1.2, None, False)
 
 
 @pytest.mark.parametrize(

@@ -57,7 +57,7 @@ def label_frames(frames: list[Structure], progress: bool = True) -> list[Structu
     return frames
 
 
-def ml_systems(ms: Any, model_path: Path) -> MLSystems:
+def ml_systems(ms: Any, model_path: Path, name: str | None = None) -> MLSystems:
     """Build the alanine dipeptide System once per mlsim.openmm backend, with only the ML force."""
     import openmm
 
@@ -73,8 +73,8 @@ def ml_systems(ms: Any, model_path: Path) -> MLSystems:
         for i in range(ms.system.getNumParticles()):  # same masses as the Amber14 system
             system.addParticle(ms.system.getParticleMass(i))
         system.addForce(create_force(model_path, numbers, backend=backend))
-        name = labels.get(backend, backend)
-        out.append((f"mlsim_{backend}", f"mlsim {model_path.name} via {name}, 1 fs", system))
+        what = name or f"mlsim {model_path.name}"
+        out.append((f"mlsim_{backend}", f"{what} via {labels.get(backend, backend)}, 1 fs", system))
     return out
 
 
@@ -97,7 +97,8 @@ def ml_alanine_factory(
             raise Skipped("--quick does not train a model (give one with --md-model)")
         else:
             path, info = train_alanine_model(ms, work_dir, progress=progress)
-        return ml_systems(ms, path), info
+        name = f"mlsim {info['architecture']} (xTB-trained)" if info.get("trained_here") else None
+        return ml_systems(ms, path, name), info
 
     return make
 
@@ -155,10 +156,6 @@ def train_alanine_model(
     n = len(read(data_path))
     spec = _model_spec()
     if not (model_path.exists() and summary_path.exists()):
-        if run_dir.exists():  # an interrupted earlier training: start it again cleanly
-            import shutil
-
-            shutil.rmtree(run_dir)
         cfg = TrainConfig(
             data=str(data_path.resolve()),
             output=str(run_dir.resolve()),
@@ -172,7 +169,18 @@ def train_alanine_model(
             time_budget_min=budget_min,
             plots=False,
         )
-        summary = train(cfg, progress=progress)
+        # An interrupted earlier run continues from its checkpoint (mlsim.train --resume); one
+        # that cannot (different data or spec) starts over.
+        resume = (run_dir / "checkpoint.pt").exists()
+        try:
+            summary = train(cfg, resume=resume, progress=progress)
+        except ValueError:
+            if not resume:
+                raise
+            import shutil
+
+            shutil.rmtree(run_dir)
+            summary = train(cfg, resume=False, progress=progress)
         reused = False
     else:
         summary, reused = json.loads(summary_path.read_text()), True

@@ -83,6 +83,10 @@ def save_model(
     os.close(fd)
     try:
         torch.jit.save(scripted, tmp, _extra_files={_META: json.dumps(meta, indent=1)})
+        # mkstemp creates 0600 files; a model is meant to be shared, so use the umask's default.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -78,10 +78,18 @@ def split_indices(n: int, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(rest), val
 
 
+def _umask_mode() -> int:
+    """The permission bits a plain open() would give a new file (mkstemp would give 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     """torch.save to a temp file in the same folder, then rename (never a half-written file)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, _umask_mode())
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
@@ -93,6 +101,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
 def _atomic_text(text: str, path: Path) -> None:
     """Write text atomically."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.chmod(tmp, _umask_mode())
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)

@@ -93,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                     "output": str(Path(tmp) / f"{arch}_{n}"),
                     "plots": False,
                 }
-                if args.minutes is not None:
-                    over["time_budget_min"] = args.minutes
+                over["time_budget_min"] = args.minutes
                 cfg = load_config(args.config, over)
                 t0 = time.perf_counter()
                 summary = train(cfg, progress=True)

@@ -256,3 +256,41 @@ def test_peer_json_nested_records_become_tables():
     assert "| threads | 1 |" in md
     assert "| name | steps_per_s |" in md and "| omm | 350 |" in md
     assert "| n_train | test.force_mae |" in md and "| 100 | 40.5 |" in md
+
+
+def test_cli_report_only_rebuilds_from_json(tmp_path, capsys):
+    from mlsim.cli import main
+
+    (tmp_path / "cost.json").write_text(
+        json.dumps(
+            {
+                "status": "ok",
+                "baseline": "mmff94",
+                "n_atoms": 9,
+                "threads": 1,
+                "methods": {
+                    "mmff94": {
+                        "label": "MMFF94 (RDKit)",
+                        "status": "ok",
+                        "seconds_per_eval": 1e-5,
+                        "n_evals": 9,
+                        "ratio_to_baseline": 1.0,
+                    },
+                    "dft": {
+                        "label": "B3LYP/6-31G* DF (pyscf)",
+                        "status": "ok",
+                        "seconds_per_eval": 12.0,
+                        "n_evals": 2,
+                        "ratio_to_baseline": 1.2e6,
+                    },
+                },
+            }
+        )
+    )
+    argv = ["bench", "--only", "report", "--out-dir", str(tmp_path), "--peer-dir", str(tmp_path)]
+    assert main([*argv, "--no-progress"]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "| B3LYP/6-31G\\* DF (pyscf) | 12000 | 1200000 | 2 |" in md
+    assert "_not run_ (accuracy.json missing)" in md
+    assert main(["bench", "--threads", "0", "--out-dir", str(tmp_path)]) == 1  # clean error
+    assert "--threads must be >= 1" in capsys.readouterr().err

@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="CI-sized smoke run (tiny subsets, no DFT timing); writes to benchmarks/results/quick",
+        help="CI-sized smoke run (tiny subsets, no DFT, no training); writes to runs/bench/quick",
     )
     parser.add_argument(
         "--only",
@@ -33,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", type=Path, default=Path("examples/ethanol/model.pt"), help="mlsim model file"
     )
     parser.add_argument(
-        "--out-dir", type=Path, help="results folder (default benchmarks/results[/quick])"
+        "--out-dir",
+        type=Path,
+        help="results folder (default benchmarks/results; --quick: runs/bench/quick)",
     )
     parser.add_argument(
         "--peer-dir",
@@ -58,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print where the report went."""
     from mlsim.bench import BenchConfig, run_bench
 
-    out = args.out_dir or Path("benchmarks/results/quick" if args.quick else "benchmarks/results")
+    # A smoke run must not overwrite the real report; runs/ is git-ignored.
+    out = args.out_dir or Path("runs/bench/quick" if args.quick else "benchmarks/results")
     if args.max_structures is not None and args.max_structures < 1:
         raise ValueError(f"--max-structures must be >= 1, got {args.max_structures}")
     cfg = BenchConfig(

@@ -216,3 +216,19 @@ def test_unknown_element_raises_clear_error(tmp_path) -> None:
         load_model(tmp_path / "m.pt")(bad, pos.float(), cell.float(), pbc, batch)
     with pytest.raises(ValueError, match="unknown architecture"):
         build_model({"architecture": "schnet", "elements": [1]})
+
+
+def test_bad_inputs_raise_value_errors() -> None:
+    """NaN coordinates, wrong shapes and missing cells are reported, not silently evaluated."""
+    model = _model("ani", [1, 8])
+    numbers, pos, cell, pbc, batch = _inputs([molecule("H2O")])
+    nan = pos.clone()
+    nan[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        compute_properties(model, numbers, nan, cell, pbc, batch)
+    with pytest.raises(ValueError, match="positions must have shape"):
+        compute_properties(model, numbers, pos[:2], cell, pbc, batch)
+    with pytest.raises(ValueError, match="cell must have shape"):
+        compute_properties(model, numbers, pos, cell[0], pbc, batch)
+    with pytest.raises(ValueError, match="stress needs a periodic cell"):
+        compute_properties(model, numbers, pos, cell, pbc, batch, stress=True)

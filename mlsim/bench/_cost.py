@@ -83,7 +83,7 @@ def run_cost(
         except Exception as exc:  # report and carry on with the other methods
             methods[key] = {"label": method.label, "status": "failed", "reason": repr(exc)}
             continue
-        methods[key] = {"label": method.label, "status": "ok", **timing}
+        methods[key] = {"label": method.label, "status": "ok", "notes": method.notes, **timing}
     baseline = next((k for k in baseline_order if methods.get(k, {}).get("status") == "ok"), None)
     if baseline is not None:
         t0 = methods[baseline]["seconds_per_eval"]

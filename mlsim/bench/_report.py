@@ -216,6 +216,8 @@ def _cost_md(sec: dict[str, Any] | None) -> list[str]:
         rows.append(
             [m["label"], m["seconds_per_eval"] * 1000, m.get("ratio_to_baseline", ""), m["n_evals"]]
         )
+        if key == "mlsim" and m.get("notes"):  # which model was timed
+            notes.append(_esc(f"- {m['label']}: {m['notes']}"))
     out += _table(["method", "ms / eval", f"× {base or 'baseline'}", "calls timed"], rows)
     return out + [""] + notes + [""]
 

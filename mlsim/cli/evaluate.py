@@ -37,11 +37,16 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(metrics))
     else:
+
+        def fmt(x: float | None) -> str:
+            return "n/a" if x is None else f"{x:.3f}"
+
+        m = {k: fmt(v) if isinstance(v, float) or v is None else v for k, v in metrics.items()}
         print(f"structures: {metrics['n_structures']}  atoms: {metrics['n_atoms']}")
         print(
-            f"energy MAE  {metrics['energy_mae_meV_per_atom']:.3f} meV/atom   RMSE {metrics['energy_rmse_meV_per_atom']:.3f} meV/atom"
+            f"energy MAE {m['energy_mae_meV_per_atom']} meV/atom  RMSE {m['energy_rmse_meV_per_atom']} meV/atom"
         )
         print(
-            f"force  MAE  {metrics['force_mae_meV_per_A']:.3f} meV/A      RMSE {metrics['force_rmse_meV_per_A']:.3f} meV/A"
+            f"force  MAE {m['force_mae_meV_per_A']} meV/A     RMSE {m['force_rmse_meV_per_A']} meV/A"
         )
     return 0

@@ -59,12 +59,12 @@ def predict(
     }
 
 
-def metrics_from_predictions(p: dict[str, np.ndarray]) -> dict[str, float | int]:
-    """MAE/RMSE of energy per atom (meV/atom) and force components (meV/A)."""
+def metrics_from_predictions(p: dict[str, np.ndarray]) -> dict[str, float | int | None]:
+    """MAE/RMSE of energy per atom (meV/atom) and force components (meV/A); None if unlabelled."""
     he, hf = p["has_energy"], p["has_forces"]
     de = (p["energy_pred"] - p["energy_ref"])[he] / p["n_atoms"][he] * 1000.0
     df = ((p["forces_pred"] - p["forces_ref"])[hf] * 1000.0).reshape(-1)
-    nan = float("nan")
+    nan = None  # not NaN: the JSON output must stay valid JSON
     return {
         "n_structures": len(p["energy_pred"]),
         "n_atoms": int(p["n_atoms"].sum()),

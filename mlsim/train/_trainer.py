@@ -386,6 +386,8 @@ def train(
         val_f = (
             vm["force_mae_meV_per_A"] if cfg.forces_weight > 0 else vm["energy_mae_meV_per_atom"]
         )
+        if val_f is None:
+            raise ValueError("the validation structures carry no labels for the validation metric")
         lr = opt.param_groups[0]["lr"]
         if cfg.schedule == "plateau":
             sched.step(val_f)

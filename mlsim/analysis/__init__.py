@@ -21,7 +21,6 @@ from mlsim.analysis._forecast import (
     LSTMForecaster,
     compare_forecasts,
     make_windows,
-    microstate_membership,
     score_probabilities,
     train_lstm_forecaster,
 )
@@ -34,6 +33,7 @@ from mlsim.analysis._kinetics import (
     estimate_msm,
     implied_timescales,
     kmeans_microstates,
+    microstate_membership,
     observable_populations,
     tica_projection,
 )

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mlsim.analysis._kinetics import microstate_membership
+
 __all__ = [
     "ForecastScores",
     "LSTMForecaster",
@@ -144,21 +146,6 @@ def train_lstm_forecaster(
         sched.step()
     net.eval()
     return LSTMForecaster(net, window, horizon)
-
-
-def microstate_membership(
-    dtrajs: Sequence[np.ndarray], labels: Sequence[np.ndarray], n_micro: int, n_states: int
-) -> np.ndarray:
-    """(n_micro, n_states) fraction of each microstate's frames carrying each label.
-
-    Microstates without frames get a uniform row (they have no stationary weight in an MSM fitted to
-    the same data, so this never biases populations).
-    """
-    c = np.zeros((n_micro, n_states))
-    for d, lab in zip(dtrajs, labels):
-        np.add.at(c, (np.asarray(d), np.asarray(lab)), 1.0)
-    c[c.sum(1) == 0] = 1.0
-    return c / c.sum(1, keepdims=True)
 
 
 @dataclass

@@ -23,6 +23,7 @@ __all__ = [
     "estimate_msm",
     "implied_timescales",
     "kmeans_microstates",
+    "microstate_membership",
     "observable_populations",
     "tica_projection",
 ]
@@ -231,6 +232,21 @@ def _msm_on_states(pieces: list[np.ndarray], tau: int, n: int):
     return MaximumLikelihoodMSM(reversible=True).fit_from_counts(cm).fetch_model()
 
 
+def microstate_membership(
+    dtrajs: Sequence[np.ndarray], labels: Sequence[np.ndarray], n_micro: int, n_states: int
+) -> np.ndarray:
+    """(n_micro, n_states) fraction of each microstate's frames carrying each label.
+
+    Microstates without frames get a uniform row (they have no stationary weight in an MSM fitted to
+    the same data, so this never biases populations).
+    """
+    c = np.zeros((n_micro, n_states))
+    for d, lab in zip(dtrajs, labels):
+        np.add.at(c, (np.asarray(d), np.asarray(lab)), 1.0)
+    c[c.sum(1) == 0] = 1.0
+    return c / c.sum(1, keepdims=True)
+
+
 def observable_populations(result: MSMResult, membership: np.ndarray) -> np.ndarray:
     """Stationary populations of macro-labels: pi (microstates) @ membership (n_micro, n_labels)."""
     m = np.asarray(membership, dtype=np.float64)
@@ -248,17 +264,24 @@ def bootstrap_msm(
     n_samples: int = 50,
     seed: int = 0,
     n_its: int = 1,
+    labels: Sequence[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """MSM label populations (S, n_labels) and timescales (S, n_its, frames) over bootstrap samples.
 
     Each sample draws whole trajectories with replacement (frames within a trajectory are
     correlated, so resampling frames would understate the error); with a single trajectory its
-    two halves are the resampling units.
+    two halves are the resampling units. If per-frame ``labels`` are given, the microstate
+    memberships are recounted in every sample too, so their uncertainty is included.
     """
     dt = _check_dtrajs(dtrajs)
+    labs = None if labels is None else [np.asarray(x) for x in labels]
+    if labs is not None and [len(x) for x in labs] != [len(d) for d in dt]:
+        raise ValueError("labels must match the discrete trajectories frame for frame")
     if len(dt) == 1:
         half = len(dt[0]) // 2
         dt = [dt[0][:half], dt[0][half:]]
+        if labs is not None:
+            labs = [labs[0][:half], labs[0][half:]]
     n = membership.shape[0]
     rng = np.random.default_rng(seed)
     pops, its = [], []
@@ -268,7 +291,12 @@ def bootstrap_msm(
             res = estimate_msm([dt[i] for i in pick], lagtime, n)
         except ValueError:
             continue  # a resample with no connected transitions carries no information
-        pops.append(observable_populations(res, membership))
+        m = membership
+        if labs is not None:
+            m = microstate_membership(
+                [dt[i] for i in pick], [labs[i] for i in pick], n, membership.shape[1]
+            )
+        pops.append(observable_populations(res, m))
         ts = np.full(n_its, np.nan)
         got = res.timescales(n_its)[:n_its]
         ts[: len(got)] = got

@@ -246,7 +246,8 @@ def _alanine_section(
     from mlsim.analysis._attribution import state_attributions
     from mlsim.analysis._classifier import split_by_trajectory, train_state_classifier
     from mlsim.analysis._features import phi_psi_angles
-    from mlsim.analysis._forecast import compare_forecasts, microstate_membership
+    from mlsim.analysis._forecast import compare_forecasts
+    from mlsim.analysis._kinetics import microstate_membership
     from mlsim.analysis._states import ALANINE_STATES, alanine_state_labels, state_populations
 
     res: dict = {}
@@ -262,7 +263,7 @@ def _alanine_section(
     msm = kin.estimate_msm(dtrajs, lag, n_micro)
     pop = kin.observable_populations(msm, member)
     boot_pop, boot_its = kin.bootstrap_msm(
-        dtrajs, lag, member, n_samples=cfg.n_bootstrap, seed=cfg.seed
+        dtrajs, lag, member, n_samples=cfg.n_bootstrap, seed=cfg.seed, labels=labels
     )
     mean, std = boot_pop.mean(0), boot_pop.std(0, ddof=1)
     slow = boot_its[:, 0] * dt_ps

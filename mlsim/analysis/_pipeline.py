@@ -52,6 +52,7 @@ def write_json(obj: dict, path: str | os.PathLike) -> Path:
     with os.fdopen(fd, "w") as fh:
         json.dump(obj, fh, indent=2, default=_json_default)
         fh.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp creates owner-only files
     os.replace(tmp, path)
     return path
 

@@ -195,6 +195,14 @@ def _accuracy_md(sec: dict[str, Any] | None) -> list[str]:
     return out
 
 
+def _load(sec: dict[str, Any]) -> str:
+    """Sentence giving the machine load when a section was measured (timings depend on it)."""
+    load = (sec.get("env") or {}).get("load_average")
+    if not load:
+        return ""
+    return f" Load average (1/5/15 min) when measured: {', '.join(f'{x:.1f}' for x in load)}."
+
+
 def _cost_md(sec: dict[str, Any] | None) -> list[str]:
     """Cost section: seconds per energy+force evaluation and ratio to the baseline."""
     out = ["## Cost per energy+force evaluation", ""]
@@ -205,7 +213,8 @@ def _cost_md(sec: dict[str, Any] | None) -> list[str]:
     base_label = sec["methods"][base]["label"] if base else "none"
     out += [
         f"One molecule of {sec['n_atoms']} atoms, one call = energy + all forces, {sec.get('threads', '?')}"
-        f" thread(s), median over the timed calls. Ratio = time / time of **{base_label}**.",
+        f" thread(s), median over the timed calls. Ratio = time / time of **{_esc(base_label)}**."
+        + _load(sec),
         "",
     ]
     rows, notes = [], []
@@ -231,7 +240,7 @@ def _md_md(sec: dict[str, Any] | None) -> list[str]:
     out += [
         f"{sec['system']}, {sec['n_atoms']} atoms, vacuum, LangevinMiddleIntegrator 300 K, 1/ps;"
         " same integrator, platform and thread count for every potential. The instantaneous"
-        " temperature at the end shows the timed trajectory stayed physical.",
+        " temperature at the end shows the timed trajectory stayed physical." + _load(sec),
         "",
     ]
     rows, notes = [], []

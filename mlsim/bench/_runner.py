@@ -85,9 +85,14 @@ def _environment(threads: int) -> dict[str, Any]:
             versions[pkg] = version(pkg)
         except PackageNotFoundError:
             versions[pkg] = "not installed"
+    try:  # a shared machine's load skews every timing: record it next to them
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "load_average": load,
         "threads": threads,
         "python": platform.python_version(),
         "versions": versions,

@@ -3,8 +3,6 @@
 # No `from __future__ import annotations`: the stand-in model below must be scriptable.
 
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -359,7 +357,9 @@ def test_ml_mm_mixed_system_on_solvated_dipeptide():
     assert math.isfinite(ctx.getState(getEnergy=True).getPotentialEnergy()._value)
 
 
-def test_export_cli_writes_a_torchforce_file(tmp_path):
+def test_export_cli_writes_a_torchforce_file(tmp_path, capsys):
+    from mlsim.cli import main
+
     path = tmp_path / "model.pt"
     torch.manual_seed(0)
     eager = models.PaiNNModel([1, 6, 8], cutoff=4.0, features=16, num_interactions=2).double()
@@ -367,19 +367,9 @@ def test_export_cli_writes_a_torchforce_file(tmp_path):
     s = ethanol()
     s.to_atoms().write(tmp_path / "ethanol.xyz")
     out = tmp_path / "ethanol_openmm.pt"
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlsim",
-        "export",
-        str(path),
-        "--structure",
-        str(tmp_path / "ethanol.xyz"),
-        "-o",
-        str(out),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    args = ["--structure", str(tmp_path / "ethanol.xyz"), "-o", str(out)]
+    assert main(["export", str(path), *args]) == 0
+    assert "setOutputsForces(True)" in capsys.readouterr().out
     openmmtorch = import_openmmtorch()
     force = openmmtorch.TorchForce(str(out))
     force.setOutputsForces(True)
@@ -391,10 +381,8 @@ def test_export_cli_writes_a_torchforce_file(tmp_path):
     e_ase, f_ase = ase_energy_forces(models.load_model(path), s)
     assert e_mm == pytest.approx(e_ase, rel=1e-6)
     np.testing.assert_allclose(f_mm, f_ase, rtol=1e-5, atol=1e-6)
-    bad = subprocess.run(
-        [*cmd[:4], str(tmp_path / "missing.pt"), *cmd[5:]], capture_output=True, text=True
-    )
-    assert bad.returncode == 1 and "model file not found" in bad.stderr
+    assert main(["export", str(tmp_path / "missing.pt"), *args]) == 1
+    assert "model file not found" in capsys.readouterr().err
 
 
 def test_create_force_rejects_bad_backend():

@@ -23,9 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ensemble", choices=["nvt", "nve"], default="nvt")
     parser.add_argument(
         "--backend",
-        choices=["python", "torch"],
-        default=None,
-        help="OpenMM force backend: PythonForce (default) or openmm-torch TorchForce",
+        choices=["auto", "python", "torch"],
+        default="auto",
+        help="OpenMM force: openmm-torch TorchForce, PythonForce, or auto (TorchForce when the "
+        "model scripts, else PythonForce)",
     )
     parser.add_argument("--platform", default="CPU", help="OpenMM platform (CPU, Reference, CUDA)")
     parser.add_argument(
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     import ase.io
 
     from mlsim.data import Structure
-    from mlsim.openmm import DEFAULT_BACKEND, SimulationBlowUp, run_md
+    from mlsim.openmm import SimulationBlowUp, run_md
 
     if not args.structure.is_file():
         raise FileNotFoundError(f"structure file not found: {args.structure}")
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
             temperature_k=args.temperature,
             friction_per_ps=args.friction,
             ensemble=args.ensemble,
-            backend=args.backend or DEFAULT_BACKEND,
+            backend=args.backend,
             platform=args.platform,
             report_interval=args.report_interval,
             checkpoint_interval=args.checkpoint_interval,

@@ -29,9 +29,12 @@ __all__ = [
 ]
 
 BACKENDS = ("python", "torch")
-# Measured by benchmarks/md_speed.py (steps/s, ethanol and a ~1,000-atom box, 1 thread): the
-# PythonForce path is at least as fast as TorchForce with the same model (see that JSON).
-DEFAULT_BACKEND = "python"
+# "auto" = TorchForce when the model can be scripted and openmm-torch is installed, else
+# PythonForce. benchmarks/md_speed.py (CPU time, 1 thread) measures TorchForce ~20% faster per step
+# on ethanol (it skips the Python round trip; the model itself is the same) and both equal on a
+# 1,000-atom box where the model dominates. PythonForce is the fallback that keeps working for
+# eager models and once TorchScript is gone.
+DEFAULT_BACKEND = "auto"
 
 
 def import_openmmtorch() -> Any:
@@ -62,10 +65,28 @@ def export_torchforce(
     forward(positions nm[, boxvectors nm]) -> energy kJ/mol (and forces kJ/mol/nm when
     outputs_forces; then call TorchForce.setOutputsForces(True)). The atomic numbers are baked in.
     """
-    model = resolve_model(model)
+    scripted = _scripted_module(
+        resolve_model(model), numbers, periodic, atoms, outputs_forces, dtype
+    )
+    return _save(scripted, path)
+
+
+def _scripted_module(
+    model: torch.nn.Module,
+    numbers: Sequence[int],
+    periodic: bool,
+    atoms: Sequence[int] | None,
+    outputs_forces: bool,
+    dtype: torch.dtype | None,
+) -> torch.jit.ScriptModule:
+    """The OpenMM-convention module for one system, compiled with TorchScript."""
     cls = OpenMMEnergyForces if outputs_forces else OpenMMEnergy
     module = cls(model, numbers, atoms=atoms, periodic=periodic, dtype=dtype).eval()
-    scripted = torch.jit.script(module)
+    return torch.jit.script(module)
+
+
+def _save(scripted: torch.jit.ScriptModule, path: str | os.PathLike) -> Path:
+    """Save a TorchScript module atomically; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -112,13 +133,28 @@ def create_force(
 
     backend "python": openmm.PythonForce evaluating the model in-process. backend "torch":
     openmm-torch TorchForce loading a TorchScript file (written to `path`, or a temporary file
-    that is deleted once OpenMM has read it).
+    that is deleted once OpenMM has read it). "auto": "torch" when the model scripts and
+    openmm-torch imports, otherwise "python".
     """
     import openmm
 
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown OpenMM backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend not in (*BACKENDS, "auto"):
+        raise ValueError(
+            f"unknown OpenMM backend {backend!r}; choose one of auto, {', '.join(BACKENDS)}"
+        )
     model = resolve_model(model, device)
+    scripted = None
+    if backend in ("torch", "auto"):
+        try:
+            import_openmmtorch()
+            scripted = _scripted_module(model, numbers, periodic, atoms, outputs_forces, dtype)
+            backend = "torch"
+        except (ImportError, RuntimeError, torch.jit.frontend.FrontendError) as exc:
+            if backend == "torch":
+                raise ValueError(
+                    f"the TorchForce backend is not usable for this model: {exc}"
+                ) from exc
+            backend = "python"
     if backend == "python":
         # PythonForce hands the callback only the selected particles, so no subset inside.
         module = OpenMMEnergyForces(model, numbers, atoms=None, periodic=periodic, dtype=dtype)
@@ -131,20 +167,11 @@ def create_force(
             import tempfile
 
             with tempfile.TemporaryDirectory() as tmp:
-                file = export_torchforce(
-                    model,
-                    numbers,
-                    Path(tmp) / "mlsim_force.pt",
-                    periodic,
-                    atoms,
-                    outputs_forces,
-                    dtype,
-                )
+                file = _save(scripted, Path(tmp) / "mlsim_force.pt")
                 # TorchForce reads the file in its constructor, so the directory may go.
                 force = openmmtorch.TorchForce(str(file))
         else:
-            file = export_torchforce(model, numbers, path, periodic, atoms, outputs_forces, dtype)
-            force = openmmtorch.TorchForce(str(file))
+            force = openmmtorch.TorchForce(str(_save(scripted, path)))
         force.setOutputsForces(outputs_forces)
     force.setUsesPeriodicBoundaryConditions(bool(periodic))
     force.setName(f"mlsim ({backend})")

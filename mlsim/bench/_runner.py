@@ -137,20 +137,37 @@ def _reference_label(s: Structure) -> str:
     return str(method) if method and str(method).lower() != "dft" else "B3LYP/6-31G* (DFT)"
 
 
+def _read_growing(path: Path) -> list[Structure]:
+    """Read a labelled set that a background labelling job may be appending to right now.
+
+    A read can catch a frame half-written (a torn gzip member); one retry a moment later sees
+    the completed file.
+    """
+    from mlsim.bench._accuracy import load_structures
+
+    try:
+        return load_structures(path)
+    except FileNotFoundError:
+        raise
+    except (ValueError, EOFError, OSError):
+        time.sleep(3.0)
+        return load_structures(path)
+
+
 def _structures(cfg: BenchConfig) -> tuple[list[Structure], str, str]:
     """Return (labelled structures, reference label, source) for accuracy and cost.
 
     Falls back to a synthetic xTB-labelled ethanol set in --quick mode (a smoke run must not need
     the DFT set); a full run without the DFT set raises Skipped for the accuracy part.
     """
-    from mlsim.bench._accuracy import load_structures, synthetic_ethanol
+    from mlsim.bench._accuracy import synthetic_ethanol
 
     path = cfg.test_set or find_test_set()
     limit = cfg.max_structures or (6 if cfg.quick else None)
     if path is not None:
         try:
-            structures = load_structures(path)[:limit]
-        except ValueError as exc:
+            structures = _read_growing(path)[:limit]
+        except (ValueError, EOFError, OSError) as exc:
             if cfg.test_set is not None:  # the user named this file: their error to see
                 raise
             raise Skipped(f"found {path} but cannot use it: {exc}") from exc

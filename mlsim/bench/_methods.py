@@ -23,6 +23,7 @@ __all__ = [
     "dft_method",
     "mlsim_method",
     "openmm_forcefield_method",
+    "openmm_system_method",
     "rdkit_method",
     "rdkit_molecule",
     "xtb_method",
@@ -130,7 +131,6 @@ def openmm_forcefield_method(
     The bond graph is perceived from the template geometry and OpenMM matches it against the force
     field's residue templates by element + connectivity, so atom names never have to be guessed.
     """
-    import openmm
     from openmm import app
 
     mol = rdkit_molecule(template)
@@ -148,9 +148,19 @@ def openmm_forcefield_method(
         system = ff.createSystem(top, nonbondedMethod=app.NoCutoff, constraints=None)
     except ValueError as exc:
         raise Skipped(f"{xml} has no residue template for this molecule ({exc})") from exc
+    key = Path(xml).stem.replace(".", "_")
+    method = openmm_system_method(system, template.numbers, key, label)
+    method.notes = f"residue template(s) matched: {', '.join(matched)}"
+    return method
+
+
+def openmm_system_method(system: Any, numbers: np.ndarray, key: str, label: str) -> Method:
+    """Wrap an existing OpenMM System (e.g. Amber14 alanine dipeptide) as a Method."""
+    import openmm
+
     platform = openmm.Platform.getPlatformByName("Reference")  # double precision forces
     context = openmm.Context(system, openmm.VerletIntegrator(1e-3), platform)
-    numbers = template.numbers.copy()
+    numbers = np.asarray(numbers).copy()
 
     def evaluate(s: Structure) -> tuple[float, np.ndarray]:
         """Energy and forces from OpenMM, converted from kJ/mol and kJ/mol/nm."""
@@ -165,8 +175,7 @@ def openmm_forcefield_method(
         )
         return float(units.energy_from_openmm(e)), units.forces_from_openmm(f)
 
-    key = Path(xml).stem.replace(".", "_")
-    return Method(key, label, evaluate, notes=f"residue template(s) matched: {', '.join(matched)}")
+    return Method(key, label, evaluate)
 
 
 # --- GFN2-xTB ------------------------------------------------------------------------------------
@@ -183,6 +192,7 @@ def xtb_method(method: str = "GFN2-xTB") -> Method:
         """Run one tblite single point at s's geometry."""
         _require_molecule(s)
         atoms = s.to_atoms()
+        calc.reset()  # ASE would return cached results for an unchanged geometry (and time nothing)
         atoms.calc = calc
         energy = atoms.get_potential_energy()
         return float(energy), np.asarray(atoms.get_forces(), dtype=float)

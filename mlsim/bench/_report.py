@@ -228,7 +228,20 @@ def _cost_md(sec: dict[str, Any] | None) -> list[str]:
         if key == "mlsim" and m.get("notes"):  # which model was timed
             notes.append(_esc(f"- {m['label']}: {m['notes']}"))
     out += _table(["method", "ms / eval", f"× {base or 'baseline'}", "calls timed"], rows)
-    return out + [""] + notes + [""]
+    out += [""] + notes + [""]
+    ala = sec.get("alanine")
+    if ala:
+        out += ["**Alanine dipeptide (22 atoms)**: how the cost grows with size (no DFT here).", ""]
+        if ala.get("status") != "ok":
+            return out + [_esc(f"_{ala.get('status')}: {ala.get('reason')}_"), ""]
+        rows = [
+            [m["label"], m["seconds_per_eval"] * 1000, m.get("ratio_to_baseline", ""), m["n_evals"]]
+            for m in ala["methods"].values()
+            if m.get("status") == "ok"
+        ]
+        out += _table(["method", "ms / eval", f"× {ala.get('baseline')}", "calls timed"], rows)
+        out += [""]
+    return out
 
 
 def _md_md(sec: dict[str, Any] | None) -> list[str]:

@@ -342,7 +342,43 @@ def _part_cost(cfg: BenchConfig) -> dict[str, Any]:
     )
     sec["structures"] = source
     sec["threads"] = cfg.threads
+    sec["alanine"] = _alanine_cost(cfg)
     return sec
+
+
+def _alanine_cost(cfg: BenchConfig) -> dict[str, Any]:
+    """The same per-call timing on alanine dipeptide (22 atoms): how each method's cost grows.
+
+    Uses the MD part's model (trained on this molecule); DFT is left out here (minutes per call).
+    """
+    from mlsim.bench._cost import run_cost
+    from mlsim.bench._methods import openmm_system_method
+
+    model = cfg.md_model or cfg.work_dir / "alanine_model" / "model.pt"
+    if cfg.quick or not Path(model).exists():
+        why = "--quick" if cfg.quick else f"no alanine model at {model} (run the md part first)"
+        return {"status": "skipped", "reason": why}
+    try:
+        from mlsim.systems import alanine_dipeptide
+    except ImportError as exc:
+        return {"status": "skipped", "reason": f"mlsim.systems not available: {exc}"}
+    ms = alanine_dipeptide(solvent="vacuum", constraints=None)
+    numbers = np.array([a.element.atomic_number for a in ms.topology.atoms()])
+    s0 = Structure(numbers=numbers, positions=ms.positions_nm * 10.0)  # nm -> A
+    factories = {
+        "mlsim": lambda: mlsim_method(model),
+        "xtb": xtb_method,
+        "mmff94": lambda: rdkit_method("MMFF94", s0),
+        "amber14": lambda: openmm_system_method(ms.system, numbers, "amber14", "Amber14 (OpenMM)"),
+    }
+    frames = [s0]
+    sampled = cfg.work_dir / "alanine_xtb_frames.extxyz"
+    if sampled.exists():  # three MD geometries rather than one minimum
+        from mlsim.data import read
+
+        frames = [read(sampled)[i] for i in range(3)]
+    sec = run_cost(factories, frames, min_seconds=2.0, progress=cfg.progress)
+    return {"status": "ok", **sec}
 
 
 def _part_md(cfg: BenchConfig) -> dict[str, Any]:

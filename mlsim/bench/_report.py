@@ -323,6 +323,11 @@ def _summary_md(sections: dict[str, Any]) -> list[str]:
             f"- Cost per energy+force call relative to {_esc(base['label'])}"
             f" ({base['seconds_per_eval'] * 1000:.3g} ms): " + _esc(", ".join(parts)) + "."
         )
+    ala = (cost or {}).get("alanine") or {}
+    if ala.get("status") == "ok":
+        ok = [m for m in ala["methods"].values() if m.get("status") == "ok"]
+        parts = [f"{m['label']} {_fmt(m['seconds_per_eval'] * 1000)} ms" for m in ok]
+        lines.append("- Same on alanine dipeptide (22 atoms): " + _esc(", ".join(parts)) + ".")
     if md and md.get("status") == "ok":
         runs = [r for r in md["runs"].values() if r.get("status") == "ok"]
         parts = [f"{r['label']}: {_fmt(r['ns_per_day'])} ns/day" for r in runs]

@@ -408,3 +408,38 @@ def test_md_cli_runs_and_reports_blowup(tmp_path, capsys):
     assert main(["md", *base, "-o", str(tmp_path / "md2"), "--max-force", "1e-6"]) == 3
     assert "already unphysical" in capsys.readouterr().err
     assert main(["md", *base, "-o", str(tmp_path / "md")]) == 1  # would overwrite a trajectory
+
+
+def test_interpolated_ml_mm_and_xml_round_trip():
+    """openmm-ml's interpolating ML/MM copies forces through XmlSerializer: the PythonForce pickles."""
+    from openmmml import MLPotential
+
+    import mlsim.systems
+
+    pdb = app.PDBFile(mlsim.systems.__path__[0] + "/alanine_dipeptide.pdb")
+    mm_system = app.ForceField("amber14-all.xml").createSystem(pdb.topology)
+    torch.manual_seed(0)
+    model = torch.jit.script(
+        models.PaiNNModel([1, 6, 7, 8], cutoff=4.0, features=8, num_interactions=1).double()
+    )
+    mixed = MLPotential("mlsim", model=model).createMixedSystem(
+        pdb.topology, mm_system, list(range(22)), interpolate=True
+    )
+    mixed = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(mixed))
+
+    def energy(system, lam=None):
+        ctx = openmm.Context(
+            system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference")
+        )
+        ctx.setPositions(pdb.positions)
+        if lam is not None:
+            ctx.setParameter("lambda_interpolate", lam)
+        e = ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+        return float(units.energy_from_openmm(e))
+
+    x = units.positions_from_openmm(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+    nums = [a.element.atomic_number for a in pdb.topology.atoms()]
+    assert energy(mixed, 0.0) == pytest.approx(energy(mm_system), rel=1e-6)
+    assert energy(mixed, 1.0) == pytest.approx(
+        ase_energy_forces(model, Structure(nums, x))[0], rel=1e-6
+    )

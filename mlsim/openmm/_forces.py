@@ -113,9 +113,48 @@ class ModelCallback:
         energy, forces = self.module(pos, box)
         return float(energy), forces.detach().to(torch.float64).numpy()
 
+    # OpenMM pickles the callback whenever a PythonForce is serialized or copied (XmlSerializer,
+    # copy.deepcopy, openmm-ml's interpolating ML/MM systems). Scripted models travel as their
+    # TorchScript archive, eager ones as a regular torch pickle.
     def __getstate__(self) -> dict:
-        """Refuse pickling cleanly (PythonForce tries, to support XmlSerializer of the System)."""
-        raise TypeError("an mlsim PythonForce holds a live torch model and cannot be pickled")
+        """Picklable form: the model's bytes plus what the OpenMM wrapper baked in."""
+        import io
+
+        model = self.module.model
+        buf = io.BytesIO()
+        if isinstance(model, torch.jit.ScriptModule):
+            torch.jit.save(model, buf)
+            kind = "torchscript"
+        else:
+            torch.save(model, buf)
+            kind = "eager"
+        return {
+            "kind": kind,
+            "model": buf.getvalue(),
+            "numbers": self.module.numbers.tolist(),
+            "periodic": self.periodic,
+            "dtype": str(self.module._like.dtype).removeprefix("torch."),
+            "device": str(self.module._like.device),
+        }
+
+    def __setstate__(self, state: dict) -> None:
+        """Rebuild the model and the OpenMM wrapper from __getstate__'s dict."""
+        import io
+
+        import mlsim.neighbors  # noqa: F401 - registers the op that scripted models may call
+
+        buf = io.BytesIO(state["model"])
+        if state["kind"] == "torchscript":
+            model = torch.jit.load(buf, map_location=state["device"])
+        else:
+            model = torch.load(buf, map_location=state["device"], weights_only=False)
+        module = OpenMMEnergyForces(
+            model.eval(),
+            state["numbers"],
+            periodic=state["periodic"],
+            dtype=getattr(torch, state["dtype"]),
+        )
+        self.__init__(module.eval())
 
 
 def create_force(

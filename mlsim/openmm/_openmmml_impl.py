@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from openmmml.mlpotential import MLPotentialImpl
 
-from mlsim.openmm._forces import DEFAULT_BACKEND, create_force
+from mlsim.openmm._forces import create_force
 from mlsim.openmm._module import resolve_model
 
 __all__ = ["MLSimPotentialImpl"]
@@ -29,7 +29,9 @@ class MLSimPotentialImpl(MLPotentialImpl):
         self.name = name
         self.device = device or "cpu"
         self.model = resolve_model(model, self.device)
-        self.backend = backend or DEFAULT_BACKEND
+        # PythonForce by default here: openmm-ml copies forces through XmlSerializer (interpolating
+        # ML/MM systems), and openmm-torch 1.5 cannot deserialize a TorchForce (it crashes).
+        self.backend = backend or "python"
 
     def addForces(  # noqa: N802 - openmm-ml's method name
         self,

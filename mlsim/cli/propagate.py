@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         "steps": args.steps,
         "hmc_steps": args.hmc_steps,
         "acceptance_rate": res.acceptance_rate,
-        "hmc_acceptance": getattr(res, "hmc_acceptance", None),
+        "hmc_acceptance": res.hmc_acceptance,
         "wall_s": res.wall_s,
         "energy_ev_mean": float(np.mean(energies)),
         "energy_ev_std": float(np.std(energies)),

@@ -30,6 +30,7 @@ class ChainResult:
     log_target: np.ndarray
     wall_s: float
     exploration: bool
+    hmc_acceptance: float | None = None  # set when the chain interleaves HMC moves
 
     @property
     def acceptance_rate(self) -> float:
@@ -186,6 +187,5 @@ def run_propagator_chain(
             bar.update(1)
     if bar is not None:
         bar.close()
-    out = ChainResult(states, acc.ravel(), logs, time.perf_counter() - t0, exploration)
-    out.hmc_acceptance = hmc.acceptance_rate
-    return out
+    wall = time.perf_counter() - t0
+    return ChainResult(states, acc.ravel(), logs, wall, exploration, hmc.acceptance_rate)

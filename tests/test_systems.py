@@ -49,3 +49,11 @@ def test_simulate_short_run() -> None:
         simulate(mol.system, mol.positions_nm, 150, 100, seed=3)
     with pytest.raises(ValueError, match="NaN"):
         simulate(mol.system, np.full((22, 3), np.nan), 100, 100, seed=3)
+
+
+def test_bad_options_raise_clear_errors() -> None:
+    """Unknown solvent or constraint names are refused with a ValueError naming the problem."""
+    with pytest.raises(ValueError, match="solvent"):
+        alanine_dipeptide("water")
+    with pytest.raises(ValueError, match="constraints"):
+        alanine_dipeptide("vacuum", constraints="AllBonds")

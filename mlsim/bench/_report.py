@@ -213,8 +213,8 @@ def _cost_md(sec: dict[str, Any] | None) -> list[str]:
     base_label = sec["methods"][base]["label"] if base else "none"
     out += [
         f"One molecule of {sec['n_atoms']} atoms, one call = energy + all forces, {sec.get('threads', '?')}"
-        f" thread(s), median over the timed calls. Ratio = time / time of **{_esc(base_label)}**."
-        + _load(sec),
+        f" thread(s), median over the timed calls (xTB and DFT start every SCF from scratch, as for an independent"
+        f" label). Ratio = time / time of **{_esc(base_label)}**." + _load(sec),
         "",
     ]
     rows, notes = [], []

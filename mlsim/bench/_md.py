@@ -102,6 +102,7 @@ def run_openmm_md(
     n_atoms = flexible.n_atoms
 
     def log(msg: str) -> None:
+        """Progress line on stderr."""
         if progress:
             print(f"  md: {msg}", file=sys.stderr, flush=True)
 

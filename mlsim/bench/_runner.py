@@ -8,6 +8,7 @@ import platform
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -201,13 +202,17 @@ def _rdkit_template(structures: list[Structure]) -> Structure:
 def _factories(cfg: BenchConfig, structures: list[Structure], with_dft: bool) -> dict[str, Any]:
     """Return method factories in report order; each raises Skipped when it cannot run here."""
 
-    def rdkit(kind: str):
+    def rdkit(kind: str) -> Callable[[], Method]:
+        """Factory for an RDKit force field set up on the first perceivable frame."""
+
         def make() -> Method:
+            """Build it (perceiving bonds on the first usable frame)."""
             return rdkit_method(kind, _rdkit_template(structures))
 
         return make
 
     def dft() -> Method:
+        """DFT timing is skipped in --quick."""
         if not with_dft:
             raise Skipped("skipped in --quick (one DFT energy+gradient takes seconds)")
         return dft_method()
@@ -298,7 +303,7 @@ def _geometries_only() -> tuple[list[Structure], str]:
     return synthetic_ethanol(3, seed=0), "synthetic ethanol geometries"
 
 
-def _cost_model_factory(cfg: BenchConfig):
+def _cost_model_factory(cfg: BenchConfig) -> Callable[[], Method]:
     """The model to time: the shipped one, else the MD part's model of the same architecture.
 
     Cost depends on the architecture and the molecule, not on the weights, so when the shipped
@@ -307,6 +312,7 @@ def _cost_model_factory(cfg: BenchConfig):
     """
 
     def make() -> Method:
+        """The shipped model, else the stand-in (labelled as such)."""
         try:
             return mlsim_method(cfg.model)
         except Skipped as missing:

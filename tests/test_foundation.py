@@ -47,7 +47,9 @@ class _Harmonic(torch.nn.Module):
 @pytest.mark.parametrize("platform", ["Reference", "CPU"])
 def test_openmm_torchforce_harmonic(tmp_path, platform):
     openmm = pytest.importorskip("openmm")
-    openmmtorch = pytest.importorskip("openmmtorch")
+    from mlsim.openmm import import_openmmtorch
+
+    openmmtorch = import_openmmtorch()
     rng = np.random.default_rng(0)
     n, k = 5, 123.0
     x0 = rng.normal(size=(n, 3))
@@ -70,6 +72,37 @@ def test_openmm_torchforce_harmonic(tmp_path, platform):
     )
     np.testing.assert_allclose(energy, 0.5 * k * ((x - x0) ** 2).sum(), rtol=1e-5)
     np.testing.assert_allclose(forces, -k * (x - x0), rtol=1e-5, atol=1e-6)
+
+
+def test_torchforce_works_when_openmm_is_imported_before_torch(tmp_path):
+    # OpenMM loads its plugins on import; openmm-torch's need libtorch, so this order used to leave
+    # TorchForce without kernels ("does not support all required kernels"). mlsim repairs it.
+    script = f"""
+import openmm
+import torch
+from mlsim.openmm import import_openmmtorch
+
+class Well(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x ** 2).sum()
+
+torch.jit.script(Well()).save({str(tmp_path / "well.pt")!r})
+force = import_openmmtorch().TorchForce({str(tmp_path / "well.pt")!r})
+system = openmm.System()
+system.addParticle(1.0)
+system.addForce(force)
+for name in ("Reference", "CPU"):
+    ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName(name))
+    ctx.setPositions([[0.3, 0.0, 0.4]])
+    e = ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(openmm.unit.kilojoule_per_mole)
+    assert abs(e - 0.25) < 1e-6, e
+print("ok")
+"""
+    path = tmp_path / "order.py"
+    path.write_text(script)
+    out = subprocess.run([sys.executable, str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("ok")
 
 
 def test_units_round_trip_and_known_values():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,7 +49,32 @@ def import_openmmtorch() -> Any:
             logging.disable(previous)
     import openmmtorch
 
+    _load_torch_plugins()
     return openmmtorch
+
+
+def _load_torch_plugins() -> None:
+    """Load openmm-torch's platform plugins if `import openmm` ran before `import torch`.
+
+    OpenMM loads its plugins when first imported; the TorchForce kernels link libtorch and CUDA's
+    nvrtc, which only resolve once torch is imported. With the other import order the plugin load
+    fails silently and every Context with a TorchForce says its platform "does not support all
+    required kernels". Loading the failed Torch plugins again now (torch is imported) fixes that.
+    """
+    import openmm
+
+    for failure in openmm.Platform.getPluginLoadFailures():
+        match = re.search(r"(/\S*libOpenMMTorch\w*\.so)", failure)
+        if match is None or "OpenCL" in match.group(1) or match.group(1) in _LOADED_PLUGINS:
+            continue
+        try:
+            openmm.Platform.loadPluginLibrary(match.group(1))
+            _LOADED_PLUGINS.add(match.group(1))
+        except Exception:  # noqa: BLE001 - e.g. the CUDA plugin without a GPU driver
+            continue
+
+
+_LOADED_PLUGINS: set[str] = set()
 
 
 def export_torchforce(

@@ -9,7 +9,7 @@ from typing import Any, Protocol, overload
 import numpy as np
 
 from mlsim.data._structure import Structure
-from mlsim.data._validate import MIN_DISTANCE, validate_structure
+from mlsim.data._validate import MIN_DISTANCE, validate_structures
 
 __all__ = ["Dataset"]
 
@@ -123,27 +123,18 @@ class Dataset:
         start = 0
         screen = getattr(self._source, "first_suspect", None)
         if screen is not None and self._index is None:
-            try:
-                start = screen(require_energy, require_forces, min_distance)
-            except NotImplementedError:
-                start = 0
-            else:
-                if start < 0:
-                    return
-                # Every structure is uniform in an npz, so same_n_atoms holds; check the suspect.
-        n_atoms = None
-        for i in range(start, len(self)):
-            s = self[i]
-            validate_structure(
-                s,
-                i,
-                require_energy=require_energy,
-                require_forces=require_forces,
-                n_atoms=n_atoms,
-                min_distance=min_distance,
-            )
-            if same_n_atoms and n_atoms is None:
-                n_atoms = len(s)
+            start = screen(require_energy, require_forces, min_distance)
+            if start < 0:
+                return
+            # Every structure is uniform in an npz, so same_n_atoms holds; check the suspect.
+        validate_structures(
+            (self[i] for i in range(start, len(self))),
+            start=start,
+            require_energy=require_energy,
+            require_forces=require_forces,
+            same_n_atoms=same_n_atoms,
+            min_distance=min_distance,
+        )
 
     def split(self, *sizes: float | int, seed: int = 0) -> tuple[Dataset, ...]:
         """Split at random into disjoint parts; sizes are all fractions (sum <= 1) or all counts.

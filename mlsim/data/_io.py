@@ -247,7 +247,7 @@ class _NpzSource:
         if (require_energy and self.E is None) or (require_forces and self.F is None):
             return 0
         if self.cell is not None or self.z.ndim != 1:
-            raise NotImplementedError  # periodic or mixed-composition npz: the generic loop
+            return 0  # periodic or mixed-composition npz: the generic loop checks every frame
         if ((self.z < 1) | (self.z > 118)).any():
             return 0
         bad = np.zeros(n_frames, dtype=bool)

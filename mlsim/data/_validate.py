@@ -106,10 +106,11 @@ def validate_structures(
     require_forces: bool = False,
     same_n_atoms: bool = False,
     min_distance: float = MIN_DISTANCE,
+    start: int = 0,
 ) -> None:
-    """Validate every structure in order; the error names the first bad structure's index."""
+    """Validate every structure in order; the error names the bad structure's index (from `start`)."""
     n_atoms = None
-    for i, s in enumerate(structures):
+    for i, s in enumerate(structures, start):
         validate_structure(
             s,
             i,

@@ -6,7 +6,7 @@ import argparse
 import json
 
 NAME = "evaluate"
-HELP = "evaluate a model.pt on labelled data: energy MAE/RMSE per atom, force MAE/RMSE"
+HELP = "Evaluate a model.pt on labelled data: energy MAE/RMSE per atom, force MAE/RMSE."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

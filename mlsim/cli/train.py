@@ -6,7 +6,7 @@ import argparse
 import json
 
 NAME = "train"
-HELP = "train a neural network potential from a YAML config (data, model, loss, schedule)"
+HELP = "Train a neural network potential from a YAML config (data, model, loss, schedule)."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

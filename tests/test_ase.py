@@ -163,3 +163,78 @@ def test_bad_inputs_fail_clearly(tmp_path):
     atoms = Structure.from_atoms(molecule("CH3CH2OH")).to_atoms()
     atoms.calc = MLCalculator(path)
     assert np.isfinite(atoms.get_potential_energy())
+
+
+def _small_models() -> dict[str, torch.nn.Module]:
+    """Small float64 PaiNN, ANI and a scripted ensemble (cutoffs differ, so masking is tested)."""
+    torch.manual_seed(0)
+    painn_m = models.PaiNNModel([1, 6, 8], cutoff=4.0, features=8, num_interactions=2).double()
+    ani_m = models.ANIModel(
+        [1, 6, 8], radial_cutoff=4.5, angular_cutoff=3.5, hidden=(16,), radial_num_shifts=8
+    ).double()
+    ens = torch.jit.script(
+        models.Ensemble(
+            [
+                models.PaiNNModel([1, 6, 8], cutoff=c, features=8, num_interactions=1).double()
+                for c in (3.5, 4.0)
+            ]
+        )
+    )
+    return {"painn": painn_m, "ani": ani_m, "ensemble": ens}
+
+
+@pytest.mark.parametrize("system", ["crystal", "ethanol"])
+def test_neighbor_list_reuse_matches_rebuild_every_step(system):
+    periodic = system == "crystal"
+    base = (water_box() if periodic else ethanol()).to_atoms()
+    rng = np.random.default_rng(7)
+    for name, model in _small_models().items():
+        reuse = MLCalculator(model, skin=0.5)
+        fresh = MLCalculator(model, skin=0.0)
+        atoms = base.copy()
+        moves = [rng.normal(scale=0.02, size=atoms.positions.shape) for _ in range(5)]
+        moves.append(np.full(atoms.positions.shape, 0.0))
+        moves[-1][0] = [0.4, 0.0, 0.0]  # one atom now > skin/2 from where the list was built
+        for step, move in enumerate(moves):
+            atoms.positions += move
+            a, b = atoms.copy(), atoms.copy()
+            a.calc, b.calc = reuse, fresh
+            np.testing.assert_allclose(
+                a.get_potential_energy(), b.get_potential_energy(), rtol=0, atol=1e-10
+            )
+            np.testing.assert_allclose(a.get_forces(), b.get_forces(), rtol=0, atol=1e-10)
+            if periodic:
+                np.testing.assert_allclose(a.get_stress(), b.get_stress(), rtol=0, atol=1e-10)
+            if name == "ensemble":
+                assert a.calc.get_property("uncertainty", a) == pytest.approx(
+                    b.calc.get_property("uncertainty", b), abs=1e-10
+                )
+            # Built once for the small moves; the last move forces a second build.
+            assert reuse.neighbor_list_builds == (1 if step < len(moves) - 1 else 2), name
+        assert fresh.neighbor_list_builds == 0
+        if periodic:  # a changed cell invalidates the list (pairs and shifts depend on it)
+            a = atoms.copy()
+            a.set_cell(a.cell.array * 1.01, scale_atoms=True)
+            b = a.copy()
+            a.calc, b.calc = reuse, fresh
+            assert a.get_potential_energy() == pytest.approx(b.get_potential_energy(), abs=1e-10)
+            assert reuse.neighbor_list_builds == 3
+
+
+def test_neighbor_list_reused_during_md_and_bad_skin():
+    from ase import units as ase_units
+    from ase.md.velocitydistribution import thermalize_momenta
+    from ase.md.verlet import VelocityVerlet
+
+    atoms = water_box().to_atoms()
+    thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(1))
+    ref = atoms.copy()
+    atoms.calc = MLCalculator(painn(), skin=0.5)
+    ref.calc = MLCalculator(painn(), skin=0.0)
+    for a in (atoms, ref):
+        VelocityVerlet(a, timestep=0.5 * ase_units.fs).run(20)
+    assert atoms.calc.neighbor_list_builds < 5  # 21 force calls, atoms move ~0.01 A per step
+    np.testing.assert_allclose(atoms.positions, ref.positions, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(atoms.get_forces(), ref.get_forces(), rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="skin"):
+        MLCalculator(painn(), skin=-0.1)

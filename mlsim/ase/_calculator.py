@@ -16,9 +16,13 @@ class MLCalculator(Calculator):
     """Drop-in ASE calculator for an mlsim model (a model.pt path or a loaded/eager model).
 
     Results are in ASE units: energy/free_energy eV, forces eV/A, stress eV/A^3 (Voigt, ASE sign)
-    and, for ensembles, "uncertainty": the standard deviation of the member energies (eV). The model builds its own
-    pair list inside forward (with mlsim's compiled neighbor-list op for periodic and large
-    systems), so there is no list here to reuse between steps.
+    and, for ensembles, "uncertainty": the standard deviation of the member energies (eV).
+
+    The pair list comes from mlsim's C++ neighbor list with cutoff + skin and is passed to the
+    model's `energy_from_pairs`; it is reused while the atoms (count, numbers), cell and pbc are
+    unchanged and no atom moved by skin/2 or more since it was built (so no pair can have come
+    within the cutoff unseen). skin=0 disables reuse: the model builds its own list every call.
+    `neighbor_list_builds` counts the lists built here.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "uncertainty"]
@@ -28,10 +32,14 @@ class MLCalculator(Calculator):
         model: torch.nn.Module | str | os.PathLike,
         device: str = "cpu",
         dtype: torch.dtype | None = None,
+        skin: float = 0.5,
         **kwargs: Any,
     ) -> None:
-        """Load the model (if a path) onto `device`; dtype casts a private copy of it."""
+        """Load the model (if a path) onto `device`; dtype casts a private copy; skin in A."""
         super().__init__(**kwargs)
+        skin = float(skin)
+        if not np.isfinite(skin) or skin < 0:
+            raise ValueError(f"skin must be a finite distance >= 0 Angstrom, got {skin}")
         from mlsim.openmm._module import model_dtype, resolve_model
 
         model = resolve_model(model, device)
@@ -45,6 +53,46 @@ class MLCalculator(Calculator):
         self.elements = [int(z) for z in model.elements]
         self.cutoff = float(model.cutoff)
         self.is_ensemble = hasattr(model, "member_energies")
+        self.skin = skin
+        # Models saved before energy_from_pairs existed still work, without list reuse.
+        self.reuse_pairs = skin > 0 and hasattr(model, "energy_from_pairs")
+        self.neighbor_list_builds = 0
+        self._list: dict[str, Any] | None = None
+
+    def _pairs(self, atoms: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Half pair list (i, j, int64 shifts) within cutoff + skin, rebuilt only when needed."""
+        from mlsim.neighbors import neighbor_list
+
+        positions = np.array(atoms.positions, dtype=np.float64)
+        numbers = np.asarray(atoms.numbers)
+        cell = np.array(atoms.cell.array, dtype=np.float64)
+        pbc = np.asarray(atoms.pbc, dtype=bool)
+        old = self._list
+        if (
+            old is not None
+            and np.array_equal(old["numbers"], numbers)
+            and np.array_equal(old["cell"], cell)
+            and np.array_equal(old["pbc"], pbc)
+        ):
+            disp = positions - old["positions"]
+            max2 = float((disp * disp).sum(1).max()) if len(numbers) else 0.0
+            if max2 < (0.5 * self.skin) ** 2:
+                return old["pairs"]
+        i, j, shifts = neighbor_list(
+            positions, self.cutoff + self.skin, cell if pbc.any() else None, pbc, full=False
+        )
+        pairs = tuple(
+            torch.as_tensor(a, dtype=torch.long, device=self.device) for a in (i, j, shifts)
+        )
+        self._list = {
+            "positions": positions,
+            "numbers": numbers.copy(),
+            "cell": cell,
+            "pbc": pbc.copy(),
+            "pairs": pairs,
+        }
+        self.neighbor_list_builds += 1
+        return pairs
 
     def _inputs(self, atoms: Any) -> tuple[torch.Tensor, ...]:
         """Model inputs (numbers, positions, cell, pbc, batch) for one Atoms object."""
@@ -85,9 +133,18 @@ class MLCalculator(Calculator):
                 "stress needs a cell periodic in all three directions"
             )
         numbers, positions, cell, pbc, batch = self._inputs(atoms)
+        pairs = self._pairs(atoms) if self.reuse_pairs else None
         # Forces come with every call: MD and optimisers always ask for them next.
         out = compute_properties(
-            self.model, numbers, positions, cell, pbc, batch, forces=True, stress=want_stress
+            self.model,
+            numbers,
+            positions,
+            cell,
+            pbc,
+            batch,
+            forces=True,
+            stress=want_stress,
+            pairs=pairs,
         )
         energy = float(out["energy"].detach().sum())
         self.results["energy"] = energy
@@ -100,7 +157,12 @@ class MLCalculator(Calculator):
             )
         if self.is_ensemble:
             with torch.no_grad():
-                members = self.model.member_energies(numbers, positions, cell, pbc, batch)
+                if pairs is None:
+                    members = self.model.member_energies(numbers, positions, cell, pbc, batch)
+                else:
+                    members = self.model.member_energies_from_pairs(
+                        numbers, positions, cell, pbc, batch, *pairs
+                    )
             # Unbiased spread over members would be undefined for M = 1; use the population std.
             self.results["uncertainty"] = float(members[:, 0].std(unbiased=False))
         elif "uncertainty" in properties:

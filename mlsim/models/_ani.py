@@ -11,7 +11,12 @@ os.environ.setdefault("TORCHANI_NO_WARN_EXTENSIONS", "1")
 from torchani.aev import AEVComputer  # noqa: E402
 from torchani.neighbors import Neighbors  # noqa: E402
 
-from mlsim.models._graph import element_indices, neighbor_pairs, pair_vectors  # noqa: E402
+from mlsim.models._graph import (  # noqa: E402
+    element_indices,
+    neighbor_pairs,
+    pair_vectors,
+    pairs_within,
+)
 
 __all__ = ["ANIModel"]
 
@@ -92,10 +97,27 @@ class ANIModel(nn.Module):
         self, numbers: Tensor, positions: Tensor, cell: Tensor, pbc: Tensor, batch: Tensor
     ) -> tuple[Tensor, Tensor]:
         """Element index (N,) and raw torchani AEV (N, D) of every atom."""
+        pos = positions.to(self.self_energy.dtype)
+        i, j, shifts = neighbor_pairs(pos, cell.to(pos.dtype), pbc, batch, self.cutoff)
+        return self.features_from_pairs(numbers, positions, cell, pbc, batch, i, j, shifts)
+
+    @torch.jit.export
+    def features_from_pairs(
+        self,
+        numbers: Tensor,
+        positions: Tensor,
+        cell: Tensor,
+        pbc: Tensor,
+        batch: Tensor,
+        i: Tensor,
+        j: Tensor,
+        shifts: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """Element index and raw AEV from a precomputed half pair list (beyond cutoff ignored)."""
         species = element_indices(numbers, self.species_map, self.elements)
         pos = positions.to(self.self_energy.dtype)
         cell = cell.to(pos.dtype)
-        i, j, shifts = neighbor_pairs(pos, cell, pbc, batch, self.cutoff)
+        i, j, shifts = pairs_within(pos, cell, batch, i, j, shifts, self.cutoff)
         vec = pair_vectors(pos, cell, batch, i, j, shifts)
         # torchani's convention: diff_vectors = R[first] - R[second].
         nb = Neighbors(torch.stack([i, j]), torch.linalg.vector_norm(vec, dim=1), -vec)
@@ -119,7 +141,24 @@ class ANIModel(nn.Module):
         self, numbers: Tensor, positions: Tensor, cell: Tensor, pbc: Tensor, batch: Tensor
     ) -> Tensor:
         """Per-atom energies (eV) including the element self energies."""
-        species, aev = self.features(numbers, positions, cell, pbc, batch)
+        pos = positions.to(self.self_energy.dtype)
+        i, j, shifts = neighbor_pairs(pos, cell.to(pos.dtype), pbc, batch, self.cutoff)
+        return self.atomic_energies_from_pairs(numbers, positions, cell, pbc, batch, i, j, shifts)
+
+    @torch.jit.export
+    def atomic_energies_from_pairs(
+        self,
+        numbers: Tensor,
+        positions: Tensor,
+        cell: Tensor,
+        pbc: Tensor,
+        batch: Tensor,
+        i: Tensor,
+        j: Tensor,
+        shifts: Tensor,
+    ) -> Tensor:
+        """Per-atom energies (eV) from a precomputed half pair list (pairs beyond cutoff ignored)."""
+        species, aev = self.features_from_pairs(numbers, positions, cell, pbc, batch, i, j, shifts)
         aev = (aev - self.aev_mean) * self.aev_inv_std
         out = torch.zeros(numbers.shape[0], dtype=aev.dtype, device=aev.device)
         for k, net in enumerate(self.nets):
@@ -133,5 +172,22 @@ class ANIModel(nn.Module):
     ) -> Tensor:
         """Total energy (eV) of each of the B structures in the batch."""
         e_atom = self.atomic_energies(numbers, positions, cell, pbc, batch)
+        energy = torch.zeros(cell.shape[0], dtype=e_atom.dtype, device=e_atom.device)
+        return energy.index_add(0, batch, e_atom)
+
+    @torch.jit.export
+    def energy_from_pairs(
+        self,
+        numbers: Tensor,
+        positions: Tensor,
+        cell: Tensor,
+        pbc: Tensor,
+        batch: Tensor,
+        i: Tensor,
+        j: Tensor,
+        shifts: Tensor,
+    ) -> Tensor:
+        """Total energy (eV) per structure from a half pair list: global i, j, int64 shifts (P, 3)."""
+        e_atom = self.atomic_energies_from_pairs(numbers, positions, cell, pbc, batch, i, j, shifts)
         energy = torch.zeros(cell.shape[0], dtype=e_atom.dtype, device=e_atom.device)
         return energy.index_add(0, batch, e_atom)

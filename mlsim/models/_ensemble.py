@@ -39,6 +39,41 @@ class Ensemble(nn.Module):
             out.append(m(numbers, positions, cell, pbc, batch))
         return torch.stack(out)
 
+    @torch.jit.export
+    def member_energies_from_pairs(
+        self,
+        numbers: Tensor,
+        positions: Tensor,
+        cell: Tensor,
+        pbc: Tensor,
+        batch: Tensor,
+        i: Tensor,
+        j: Tensor,
+        shifts: Tensor,
+    ) -> Tensor:
+        """Energies (eV) of every member (M, B) from one half pair list; each uses its own cutoff."""
+        out: list[Tensor] = []
+        for m in self.members:
+            out.append(m.energy_from_pairs(numbers, positions, cell, pbc, batch, i, j, shifts))
+        return torch.stack(out)
+
+    @torch.jit.export
+    def energy_from_pairs(
+        self,
+        numbers: Tensor,
+        positions: Tensor,
+        cell: Tensor,
+        pbc: Tensor,
+        batch: Tensor,
+        i: Tensor,
+        j: Tensor,
+        shifts: Tensor,
+    ) -> Tensor:
+        """Mean energy (eV) over members, shape (B,), from a precomputed half pair list."""
+        return self.member_energies_from_pairs(
+            numbers, positions, cell, pbc, batch, i, j, shifts
+        ).mean(0)
+
     def forward(
         self, numbers: Tensor, positions: Tensor, cell: Tensor, pbc: Tensor, batch: Tensor
     ) -> Tensor:

@@ -16,6 +16,7 @@ __all__ = [
     "element_indices",
     "neighbor_pairs",
     "pair_vectors",
+    "pairs_within",
 ]
 
 try:  # the op is compiled into mlsim._core and registered by importing mlsim.neighbors
@@ -148,6 +149,29 @@ def pair_vectors(
     """Differentiable R[j] - R[i] + shift @ cell (gradients reach positions and cell)."""
     image = torch.bmm(shifts.to(positions.dtype).unsqueeze(1), cell[batch[i]]).squeeze(1)
     return positions[j] - positions[i] + image
+
+
+def pairs_within(
+    positions: Tensor,
+    cell: Tensor,
+    batch: Tensor,
+    i: Tensor,
+    j: Tensor,
+    shifts: Tensor,
+    cutoff: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Keep only the given pairs closer than cutoff (the same strict test as neighbor_pairs).
+
+    Precomputed lists (e.g. built with cutoff + skin) carry pairs beyond the cutoff; the models'
+    cutoff functions are not zero there (PaiNN's cosine is periodic), so they are dropped here.
+    Integers only come out, for the same TorchScript reason as neighbor_pairs.
+    """
+    pos = positions.detach()
+    c = cell.detach()
+    image = torch.bmm(shifts.to(pos.dtype).unsqueeze(1), c[batch[i]]).squeeze(1)
+    vec = pos[j] - pos[i] + image
+    keep = (vec * vec).sum(1) < cutoff * cutoff
+    return i[keep], j[keep], shifts[keep]
 
 
 def element_indices(numbers: Tensor, species_map: Tensor, elements: list[int]) -> Tensor:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from mlsim.models._graph import element_indices, neighbor_pairs, pair_vectors
+from mlsim.models._graph import element_indices, neighbor_pairs, pair_vectors, pairs_within
 
 __all__ = ["PaiNNModel"]
 
@@ -114,10 +114,29 @@ class PaiNNModel(nn.Module):
         self, numbers: Tensor, positions: Tensor, cell: Tensor, pbc: Tensor, batch: Tensor
     ) -> Tensor:
         """Per-atom energies (eV) including the element self energies."""
+        pos = positions.to(self.self_energy.dtype)
+        hi, hj, hshifts = neighbor_pairs(pos, cell.to(pos.dtype), pbc, batch, self.cutoff)
+        return self.atomic_energies_from_pairs(
+            numbers, positions, cell, pbc, batch, hi, hj, hshifts
+        )
+
+    @torch.jit.export
+    def atomic_energies_from_pairs(
+        self,
+        numbers: Tensor,
+        positions: Tensor,
+        cell: Tensor,
+        pbc: Tensor,
+        batch: Tensor,
+        i: Tensor,
+        j: Tensor,
+        shifts: Tensor,
+    ) -> Tensor:
+        """Per-atom energies (eV) from a precomputed half pair list (pairs beyond cutoff ignored)."""
         species = element_indices(numbers, self.species_map, self.elements)
         pos = positions.to(self.self_energy.dtype)
         cell = cell.to(pos.dtype)
-        hi, hj, hshifts = neighbor_pairs(pos, cell, pbc, batch, self.cutoff)
+        hi, hj, hshifts = pairs_within(pos, cell, batch, i, j, shifts, self.cutoff)
         # Messages flow both ways, so expand the half list into a full one. The vectors are built
         # from the full index list (not by concatenating +-vec): TorchScript's profiling executor
         # dropped the gradient through that torch.cat.
@@ -143,5 +162,22 @@ class PaiNNModel(nn.Module):
     ) -> Tensor:
         """Total energy (eV) of each of the B structures in the batch."""
         e_atom = self.atomic_energies(numbers, positions, cell, pbc, batch)
+        energy = torch.zeros(cell.shape[0], dtype=e_atom.dtype, device=e_atom.device)
+        return energy.index_add(0, batch, e_atom)
+
+    @torch.jit.export
+    def energy_from_pairs(
+        self,
+        numbers: Tensor,
+        positions: Tensor,
+        cell: Tensor,
+        pbc: Tensor,
+        batch: Tensor,
+        i: Tensor,
+        j: Tensor,
+        shifts: Tensor,
+    ) -> Tensor:
+        """Total energy (eV) per structure from a half pair list: global i, j, int64 shifts (P, 3)."""
+        e_atom = self.atomic_energies_from_pairs(numbers, positions, cell, pbc, batch, i, j, shifts)
         energy = torch.zeros(cell.shape[0], dtype=e_atom.dtype, device=e_atom.device)
         return energy.index_add(0, batch, e_atom)

@@ -18,10 +18,14 @@ def compute_properties(
     forces: bool = True,
     stress: bool = False,
     create_graph: bool = False,
+    pairs: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Evaluate a batch: "energy" (B,) eV, "forces" (N,3) eV/A, "stress" (B,3,3) eV/A^3 (ASE sign).
 
     create_graph=True keeps the graph of the derivatives so a loss on forces can be trained.
+    pairs=(i, j, shifts): a precomputed half list (global indices, int64 image shifts) passed to
+    model.energy_from_pairs instead of letting the model build one; the shifts are integers, so
+    the list stays valid under the strain used for the stress.
     """
     if positions.ndim != 2 or positions.shape[1] != 3 or positions.shape[0] != numbers.shape[0]:
         raise ValueError(
@@ -53,7 +57,12 @@ def compute_properties(
         wrt.append(strain)
     else:
         pos_in, cell_in = pos, c
-    energy = model(numbers, pos_in, cell_in, pbc, batch)
+    if pairs is None:
+        energy = model(numbers, pos_in, cell_in, pbc, batch)
+    else:
+        if not hasattr(model, "energy_from_pairs"):
+            raise ValueError("pairs were given but the model has no energy_from_pairs method")
+        energy = model.energy_from_pairs(numbers, pos_in, cell_in, pbc, batch, *pairs)
     out["energy"] = energy
     if wrt:
         grads = torch.autograd.grad(

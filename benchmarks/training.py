@@ -72,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     pool = len(read_structures(data))
     test_set = read_structures(test)
-    n_val = base.n_val if base.n_val is not None else max(1, round(base.val_fraction * pool))
+    if base.val_data:
+        n_val = 0  # validation is its own file; the whole pool can train
+    else:
+        n_val = base.n_val if base.n_val is not None else max(1, round(base.val_fraction * pool))
     sizes = [n for n in args.sizes if n <= pool - n_val]
     if len(sizes) < len(args.sizes):
         print(

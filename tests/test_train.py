@@ -231,3 +231,25 @@ def test_config_errors_are_clear(tiny) -> None:
     bad.write_text("data: train.extxyz\nschedule: linear\n")
     with pytest.raises(ValueError, match="schedule"):
         load_config(bad)
+
+
+def test_separate_validation_file_trains_on_the_whole_pool(tiny) -> None:
+    """val_data: every pool structure trains and early stopping watches the other file."""
+    from mlsim.train import split_indices
+
+    write(tiny / "val.extxyz", _emt_structures(5, 2))
+    cfg = load_config(_config(tiny, "valfile", val_data="val.extxyz", epochs=2))
+    train_idx, val_idx = split_indices(24, cfg)
+    assert sorted(train_idx.tolist()) == list(range(24)) and len(val_idx) == 0
+    summary = train(cfg, progress=False)
+    assert summary["n_train"] == 24 and summary["n_val"] == 5
+    # The reported validation metrics are those of val.extxyz under the saved model.
+    got = evaluate(load_model(tiny / "valfile" / "model.pt"), read_structures(tiny / "val.extxyz"))
+    assert got["force_mae_meV_per_A"] == pytest.approx(
+        summary["val"]["force_mae_meV_per_A"], rel=1e-4
+    )
+    # n_train still picks a seeded subset of the pool.
+    sub = load_config(_config(tiny, "valfile_sub", val_data="val.extxyz", n_train=10))
+    assert len(split_indices(24, sub)[0]) == 10
+    with pytest.raises(ValueError, match="only 24 structures remain$"):
+        split_indices(24, load_config(_config(tiny, "x", val_data="val.extxyz", n_train=30)))

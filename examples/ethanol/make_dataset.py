@@ -5,14 +5,16 @@
 
 Rerunning the same command resumes: sampling is skipped when the geometry files exist, and every
 labelling step is `mlsim label`, which continues where a killed run stopped. The DFT labels go in
-phases (100 test, 300 train, all 300 test, all 1000 train) so a run cut short still leaves both a
-held-out test set and a training set; within a file the order is seeded-random (`--shuffle 0`), so a
-partial set covers both temperatures and all trajectories evenly.
+phases (100 test, 300 train, all 300 test, all 1000 train, 50 validation) so a run cut short still
+leaves both a held-out test set and a training set; within a file the order is seeded-random
+(`--shuffle 0`), so a partial set covers both temperatures and all trajectories evenly.
 
 Sampling (seeded, recorded in every frame's info): ethanol from ase.build.molecule, GFN2-xTB
 (tblite), Langevin at 300 K and 600 K, 0.5 fs step, friction 0.01/fs, 1 ps equilibration, one frame
-every 40 fs. Training pool: seeds 1-4 x 2 temperatures x 125 frames = 1000. Held-out test set:
-independent trajectories, seeds 101-102 x 2 temperatures x 75 frames = 300.
+every 40 fs. Training pool: seeds 1-4 x 2 temperatures x 125 frames = 1000. Validation set (early
+stopping and LR schedule, so all 1000 pool structures can train): seed 201 x 2 temperatures x 25
+frames = 50. Held-out test set: independent trajectories, seeds 101-102 x 2 temperatures x 75
+frames = 300.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ HERE = Path(__file__).resolve().parent
 TEMPERATURES = (300.0, 600.0)
 TRAIN_SEEDS = (1, 2, 3, 4)
 TEST_SEEDS = (101, 102)
+VAL_SEEDS = (201,)
 TRAIN_FRAMES = 125  # per trajectory
 TEST_FRAMES = 75
+VAL_FRAMES = 25
 EVERY = 80  # steps of 0.5 fs -> 40 fs between kept frames
 SHUFFLE_SEED = 0  # DFT labelling order: seeded random, so any prefix covers both T and all seeds
-DFT_PHASES = (("test", 100), ("train", 300), ("test", 300), ("train", 1000))
+DFT_PHASES = (("test", 100), ("train", 300), ("test", 300), ("train", 1000), ("val", 50))
 
 
 def sample_geometries(path: Path, seeds: tuple[int, ...], n_frames: int) -> None:
@@ -84,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     geo = {
         "train": rel / "ethanol_train_geometries.extxyz.gz",
         "test": rel / "ethanol_test_geometries.extxyz.gz",
+        "val": rel / "ethanol_val_geometries.extxyz.gz",
+    }
+    seeds = {
+        "train": (TRAIN_SEEDS, TRAIN_FRAMES),
+        "test": (TEST_SEEDS, TEST_FRAMES),
+        "val": (VAL_SEEDS, VAL_FRAMES),
     }
 
     def run(cmd: list[str]) -> None:
@@ -93,11 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             sys.exit(rc)
 
     if args.xtb_stage:
-        if not geo["test"].exists():
-            sample_geometries(geo["test"], TEST_SEEDS, TEST_FRAMES)
-        if not geo["train"].exists():
-            sample_geometries(geo["train"], TRAIN_SEEDS, TRAIN_FRAMES)
-        for part in ("test", "train"):
+        for part in ("test", "train", "val"):
+            if not geo[part].exists():
+                sample_geometries(geo[part], *seeds[part])
+        for part in ("test", "train", "val"):
             out = rel / f"ethanol_{part}_xtb.extxyz.gz"
             run(["label", str(geo[part]), "--method", "xtb", "--out", str(out)])
         return 0

@@ -21,6 +21,7 @@ class TrainConfig:
     n_train: int | None = None  # None: everything not in validation
     val_fraction: float = 0.1
     n_val: int | None = None  # overrides val_fraction
+    val_data: str | None = None  # separate validation file: then the whole pool trains
     model: dict[str, Any] = field(default_factory=lambda: {"architecture": "ani"})
     ensemble: int = 1  # members trained side by side from different initial weights
     energy_weight: float = 1.0  # weight of mean (dE per atom)^2, eV^2

@@ -63,8 +63,15 @@ def read_structures(path: Path) -> list:
 
 
 def split_indices(n: int, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded train/validation split (depends only on n and the config)."""
-    n_val = cfg.n_val if cfg.n_val is not None else max(1, int(round(cfg.val_fraction * n)))
+    """Seeded train/validation split (depends only on n and the config).
+
+    With `val_data` set, validation comes from that file and the returned validation indices are
+    empty: the whole pool (or its seeded first `n_train`) trains.
+    """
+    if cfg.val_data:
+        n_val = 0
+    else:
+        n_val = cfg.n_val if cfg.n_val is not None else max(1, int(round(cfg.val_fraction * n)))
     if n_val >= n:
         raise ValueError(f"validation set ({n_val}) leaves no training data out of {n} structures")
     perm = np.random.default_rng(cfg.seed).permutation(n)
@@ -72,7 +79,8 @@ def split_indices(n: int, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     if cfg.n_train is not None:
         if cfg.n_train > len(rest):
             raise ValueError(
-                f"n_train={cfg.n_train} but only {len(rest)} structures remain after validation"
+                f"n_train={cfg.n_train} but only {len(rest)} structures remain"
+                + ("" if cfg.val_data else " after validation")
             )
         rest = rest[: cfg.n_train]
     return np.sort(rest), val
@@ -254,7 +262,16 @@ def train(
     train_idx, val_idx = split_indices(len(structures), cfg)
     train_set = [structures[i] for i in train_idx]
     val_set = [structures[i] for i in val_idx]
+    if cfg.val_data:
+        val_set = read_structures(cfg.path(cfg.val_data))
+        if not val_set:
+            raise ValueError(f"val_data {cfg.val_data}: no structures")
+        if any(s.forces is None for s in val_set):
+            raise ValueError(f"val_data {cfg.val_data}: every structure needs forces")
     elements = sorted({int(z) for s in structures for z in s.numbers})
+    unseen = sorted({int(z) for s in val_set for z in s.numbers} - set(elements))
+    if unseen:
+        raise ValueError(f"validation structures contain elements {unseen} absent from {cfg.data}")
     train_data = TensorData(train_set, dtype)
 
     torch.manual_seed(cfg.seed)
@@ -455,7 +472,7 @@ def train(
         "best_epoch": state["best_epoch"],
         "train_time_s": state["elapsed"],
         "n_train": int(len(train_idx)),
-        "n_val": int(len(val_idx)),
+        "n_val": len(val_set),
         "world_size": world,
     }
     if rank == 0:

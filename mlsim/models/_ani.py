@@ -11,6 +11,7 @@ os.environ.setdefault("TORCHANI_NO_WARN_EXTENSIONS", "1")
 from torchani.aev import AEVComputer  # noqa: E402
 from torchani.neighbors import Neighbors  # noqa: E402
 
+from mlsim.models._base import AtomicModel  # noqa: E402
 from mlsim.models._graph import (  # noqa: E402
     element_indices,
     neighbor_pairs,
@@ -31,7 +32,7 @@ def _mlp(n_in: int, hidden: Sequence[int], alpha: float) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class ANIModel(nn.Module):
+class ANIModel(AtomicModel):
     """ANI-style model: torchani AEVs (radial + angular) and per-element MLPs; energies in eV."""
 
     cutoff: float
@@ -57,11 +58,7 @@ class ANIModel(nn.Module):
     ) -> None:
         """Build the AEV featurizer and networks; self_energies maps Z -> eV (fitted from data)."""
         super().__init__()
-        self.elements = [int(z) for z in elements]
-        if len(set(self.elements)) != len(self.elements) or not self.elements:
-            raise ValueError(
-                f"elements must be a non-empty list of distinct atomic numbers, got {elements}"
-            )
+        self._init_elements(elements, self_energies, energy_scale)
         self.cutoff = float(radial_cutoff)
         self.aev = AEVComputer.like_1x(
             num_species=len(self.elements),
@@ -78,16 +75,6 @@ class ANIModel(nn.Module):
         )
         n_feat = int(self.aev.out_dim)
         self.nets = nn.ModuleList([_mlp(n_feat, hidden, celu_alpha) for _ in self.elements])
-        species_map = torch.full((max(self.elements) + 1,), -1, dtype=torch.long)
-        for k, z in enumerate(self.elements):
-            species_map[z] = k
-        self.register_buffer("species_map", species_map)
-        se = self_energies or {}
-        self.register_buffer(
-            "self_energy", torch.tensor([float(se.get(z, 0.0)) for z in self.elements])
-        )
-        # Networks output O(1) numbers; the scale (eV) maps them to the data's energy spread.
-        self.register_buffer("energy_scale", torch.tensor(float(energy_scale)))
         # AEV features span orders of magnitude; standardising them (statistics from the training
         # data, see fit_input_scaling) makes the MLPs train several times faster.
         self.register_buffer("aev_mean", torch.zeros(n_feat))
@@ -137,14 +124,6 @@ class ANIModel(nn.Module):
             ok = std > 1e-6
             self.aev_inv_std.copy_(torch.where(ok, 1.0 / std.clamp_min(1e-6), torch.ones_like(std)))
 
-    def atomic_energies(
-        self, numbers: Tensor, positions: Tensor, cell: Tensor, pbc: Tensor, batch: Tensor
-    ) -> Tensor:
-        """Per-atom energies (eV) including the element self energies."""
-        pos = positions.to(self.self_energy.dtype)
-        i, j, shifts = neighbor_pairs(pos, cell.to(pos.dtype), pbc, batch, self.cutoff)
-        return self.atomic_energies_from_pairs(numbers, positions, cell, pbc, batch, i, j, shifts)
-
     @torch.jit.export
     def atomic_energies_from_pairs(
         self,
@@ -166,28 +145,3 @@ class ANIModel(nn.Module):
             if sel.numel() > 0:
                 out = out.index_put((sel,), net(aev.index_select(0, sel)).view(-1))
         return out * self.energy_scale + self.self_energy[species]
-
-    def forward(
-        self, numbers: Tensor, positions: Tensor, cell: Tensor, pbc: Tensor, batch: Tensor
-    ) -> Tensor:
-        """Total energy (eV) of each of the B structures in the batch."""
-        e_atom = self.atomic_energies(numbers, positions, cell, pbc, batch)
-        energy = torch.zeros(cell.shape[0], dtype=e_atom.dtype, device=e_atom.device)
-        return energy.index_add(0, batch, e_atom)
-
-    @torch.jit.export
-    def energy_from_pairs(
-        self,
-        numbers: Tensor,
-        positions: Tensor,
-        cell: Tensor,
-        pbc: Tensor,
-        batch: Tensor,
-        i: Tensor,
-        j: Tensor,
-        shifts: Tensor,
-    ) -> Tensor:
-        """Total energy (eV) per structure from a half pair list: global i, j, int64 shifts (P, 3)."""
-        e_atom = self.atomic_energies_from_pairs(numbers, positions, cell, pbc, batch, i, j, shifts)
-        energy = torch.zeros(cell.shape[0], dtype=e_atom.dtype, device=e_atom.device)
-        return energy.index_add(0, batch, e_atom)

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from mlsim.models._graph import element_indices, neighbor_pairs, pair_vectors, pairs_within
+from mlsim.models._base import AtomicModel
+from mlsim.models._graph import element_indices, pair_vectors, pairs_within
 
 __all__ = ["PaiNNModel"]
 
@@ -62,7 +63,7 @@ class _Update(nn.Module):
         return [s + ds, v + dv]
 
 
-class PaiNNModel(nn.Module):
+class PaiNNModel(AtomicModel):
     """PaiNN-like equivariant message-passing potential; energies in eV, lengths in Angstrom."""
 
     cutoff: float
@@ -81,11 +82,7 @@ class PaiNNModel(nn.Module):
     ) -> None:
         """Build embedding, interaction blocks and readout; self_energies maps Z -> eV."""
         super().__init__()
-        self.elements = [int(z) for z in elements]
-        if len(set(self.elements)) != len(self.elements) or not self.elements:
-            raise ValueError(
-                f"elements must be a non-empty list of distinct atomic numbers, got {elements}"
-            )
+        self._init_elements(elements, self_energies, energy_scale)
         self.cutoff = float(cutoff)
         self.num_rbf = int(num_rbf)
         self.features = int(features)
@@ -97,27 +94,8 @@ class PaiNNModel(nn.Module):
         self.readout = nn.Sequential(
             nn.Linear(features, features // 2), nn.SiLU(), nn.Linear(features // 2, 1)
         )
-        species_map = torch.full((max(self.elements) + 1,), -1, dtype=torch.long)
-        for k, z in enumerate(self.elements):
-            species_map[z] = k
-        self.register_buffer("species_map", species_map)
-        se = self_energies or {}
-        self.register_buffer(
-            "self_energy", torch.tensor([float(se.get(z, 0.0)) for z in self.elements])
-        )
-        self.register_buffer("energy_scale", torch.tensor(float(energy_scale)))
         self.register_buffer(
             "freqs", torch.arange(1, num_rbf + 1, dtype=torch.float32) * math.pi / cutoff
-        )
-
-    def atomic_energies(
-        self, numbers: Tensor, positions: Tensor, cell: Tensor, pbc: Tensor, batch: Tensor
-    ) -> Tensor:
-        """Per-atom energies (eV) including the element self energies."""
-        pos = positions.to(self.self_energy.dtype)
-        hi, hj, hshifts = neighbor_pairs(pos, cell.to(pos.dtype), pbc, batch, self.cutoff)
-        return self.atomic_energies_from_pairs(
-            numbers, positions, cell, pbc, batch, hi, hj, hshifts
         )
 
     @torch.jit.export
@@ -156,28 +134,3 @@ class PaiNNModel(nn.Module):
             s, v = upd(s, v)
         out = self.readout(s).view(-1)
         return out * self.energy_scale + self.self_energy[species]
-
-    def forward(
-        self, numbers: Tensor, positions: Tensor, cell: Tensor, pbc: Tensor, batch: Tensor
-    ) -> Tensor:
-        """Total energy (eV) of each of the B structures in the batch."""
-        e_atom = self.atomic_energies(numbers, positions, cell, pbc, batch)
-        energy = torch.zeros(cell.shape[0], dtype=e_atom.dtype, device=e_atom.device)
-        return energy.index_add(0, batch, e_atom)
-
-    @torch.jit.export
-    def energy_from_pairs(
-        self,
-        numbers: Tensor,
-        positions: Tensor,
-        cell: Tensor,
-        pbc: Tensor,
-        batch: Tensor,
-        i: Tensor,
-        j: Tensor,
-        shifts: Tensor,
-    ) -> Tensor:
-        """Total energy (eV) per structure from a half pair list: global i, j, int64 shifts (P, 3)."""
-        e_atom = self.atomic_energies_from_pairs(numbers, positions, cell, pbc, batch, i, j, shifts)
-        energy = torch.zeros(cell.shape[0], dtype=e_atom.dtype, device=e_atom.device)
-        return energy.index_add(0, batch, e_atom)

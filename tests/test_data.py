@@ -291,6 +291,13 @@ def test_shipped_ethanol_files():
     assert sorted(geo[0].numbers.tolist()) == [1] * 6 + [6] * 2 + [8]
     assert {s.info["temperature_K"] for s in geo} == {300.0, 600.0}
     np.testing.assert_allclose(xtb[17].positions, geo[17].positions, atol=1e-6)
+    # Train, validation and test come from disjoint trajectories (no leakage between the splits).
+    seeds = {
+        p: {s.info["seed"] for s in read(ethanol_path(p, "geometries"))}
+        for p in ("train", "val", "test")
+    }
+    assert seeds == {"train": {1, 2, 3, 4}, "val": {201}, "test": {101, 102}}
+    assert len(read(ethanol_path("val", "xtb"), require_forces=True)) == 50
     with pytest.raises(ValueError, match="part must be"):
         ethanol_path("validation")
 

@@ -7,12 +7,12 @@ from pathlib import Path
 __all__ = ["ETHANOL_DIR", "ethanol_path"]
 
 ETHANOL_DIR = Path(__file__).resolve().parents[2] / "examples" / "ethanol"
-_PARTS = ("train", "test")
+_PARTS = ("train", "val", "test")
 _METHODS = ("dft", "xtb", "geometries")
 
 
 def ethanol_path(part: str = "train", method: str = "dft") -> Path:
-    """Return the shipped ethanol file for part 'train'|'test' and method 'dft'|'xtb'|'geometries'.
+    """Return the shipped ethanol file for part 'train'|'val'|'test' and method 'dft'|'xtb'|'geometries'.
 
     'dft' is B3LYP/6-31G* (pyscf, density fitting), 'xtb' GFN2-xTB on the same geometries; the
     DFT files may be partial while examples/ethanol/make_dataset.py is still running.

@@ -51,8 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "training.json"))
     args = p.parse_args(argv)
 
-    import torch
-
     from mlsim.models import load_model
     from mlsim.train import evaluate, load_config, read_structures, train
 
@@ -117,13 +115,33 @@ def main(argv: list[str] | None = None) -> int:
                     f"{arch:6s} n={n:5d}  force MAE {m['force_mae_meV_per_A']:7.2f} meV/A  energy MAE {m['energy_mae_meV_per_atom']:6.3f} meV/atom  ({summary['epochs']} epochs, {summary['train_time_s']:.0f} s)",
                     flush=True,
                 )
+                _write(rows, sizes, args, data, test, len(test_set), final=False)
 
-    print("\narch    n_train  force MAE (meV/A)  force RMSE  energy MAE (meV/atom)  train s")
-    for r in rows:
-        t = r["test"]
-        print(
-            f"{r['architecture']:7s} {r['n_train']:7d}  {t['force_mae_meV_per_A']:17.2f}  {t['force_rmse_meV_per_A']:10.2f}  {t['energy_mae_meV_per_atom']:21.3f}  {r['train_time_s']:7.0f}"
-        )
+    _write(rows, sizes, args, data, test, len(test_set), final=True)
+    return 0
+
+
+def _write(
+    rows: list[dict],
+    sizes: list[int],
+    args: argparse.Namespace,
+    data: Path,
+    test: Path,
+    n_test: int,
+    final: bool,
+) -> None:
+    """Write the JSON atomically (after every point, so an interrupted run keeps what it measured)."""
+    import torch
+
+    from mlsim.models import load_metadata
+
+    if final:
+        print("\narch    n_train  force MAE (meV/A)  force RMSE  energy MAE (meV/atom)  train s")
+        for r in rows:
+            t = r["test"]
+            print(
+                f"{r['architecture']:7s} {r['n_train']:7d}  {t['force_mae_meV_per_A']:17.2f}  {t['force_rmse_meV_per_A']:10.2f}  {t['energy_mae_meV_per_atom']:21.3f}  {r['train_time_s']:7.0f}"
+            )
     ratios = {}
     for n in sizes:
         by = {
@@ -131,13 +149,13 @@ def main(argv: list[str] | None = None) -> int:
         }
         if "ani" in by and "painn" in by:
             ratios[str(n)] = round(by["ani"] / by["painn"], 3)
-    if ratios:
+    if ratios and final:
         print("force MAE ratio ANI/PaiNN by n_train:", ratios)
     result = {
         "benchmark": "training learning curve",
         "data": str(data.relative_to(ROOT)) if data.is_relative_to(ROOT) else str(data),
         "test": str(test.relative_to(ROOT)) if test.is_relative_to(ROOT) else str(test),
-        "n_test": len(test_set),
+        "n_test": n_test,
         "config": str(Path(args.config).resolve().relative_to(ROOT))
         if Path(args.config).resolve().is_relative_to(ROOT)
         else args.config,
@@ -148,14 +166,26 @@ def main(argv: list[str] | None = None) -> int:
         },
         "rows": rows,
         "force_mae_ratio_ani_over_painn": ratios,
+        "complete": final,
     }
+    # The shipped model (trained with the config's full budget on the whole pool), for comparison
+    # with the fixed-budget points above.
+    shipped = ROOT / "examples" / "ethanol" / "model.pt"
+    if shipped.is_file():
+        meta = load_metadata(shipped)
+        result["shipped_model"] = {
+            "path": str(shipped.relative_to(ROOT)),
+            "architecture": meta.get("architecture"),
+            "hyperparameters": meta.get("hyperparameters"),
+            "training": meta.get("training"),
+        }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_suffix(".json.tmp")
     tmp_out.write_text(json.dumps(result, indent=1))
     tmp_out.replace(out)
-    print(f"wrote {out}")
-    return 0
+    if final:
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

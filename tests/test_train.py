@@ -238,7 +238,7 @@ def test_separate_validation_file_trains_on_the_whole_pool(tiny) -> None:
     from mlsim.train import split_indices
 
     write(tiny / "val.extxyz", _emt_structures(5, 2))
-    cfg = load_config(_config(tiny, "valfile", val_data="val.extxyz", epochs=2))
+    cfg = load_config(_config(tiny, "valfile", val_data="val.extxyz", n_val=None, epochs=2))
     train_idx, val_idx = split_indices(24, cfg)
     assert sorted(train_idx.tolist()) == list(range(24)) and len(val_idx) == 0
     summary = train(cfg, progress=False)
@@ -249,7 +249,11 @@ def test_separate_validation_file_trains_on_the_whole_pool(tiny) -> None:
         summary["val"]["force_mae_meV_per_A"], rel=1e-4
     )
     # n_train still picks a seeded subset of the pool.
-    sub = load_config(_config(tiny, "valfile_sub", val_data="val.extxyz", n_train=10))
+    sub = load_config(_config(tiny, "valfile_sub", val_data="val.extxyz", n_val=None, n_train=10))
     assert len(split_indices(24, sub)[0]) == 10
+    with pytest.raises(ValueError, match="either val_data"):
+        load_config(_config(tiny, "both", val_data="val.extxyz", n_val=3))
     with pytest.raises(ValueError, match="only 24 structures remain$"):
-        split_indices(24, load_config(_config(tiny, "x", val_data="val.extxyz", n_train=30)))
+        split_indices(
+            24, load_config(_config(tiny, "x", val_data="val.extxyz", n_val=None, n_train=30))
+        )

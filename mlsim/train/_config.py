@@ -62,6 +62,8 @@ class TrainConfig:
             raise ValueError("batch_size, epochs and ensemble must be >= 1")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError("ema_decay must be in [0, 1)")
+        if self.val_data and self.n_val is not None:
+            raise ValueError("set either val_data (a validation file) or n_val (a split), not both")
         if not 0.0 < self.val_fraction < 1.0 and self.n_val is None:
             raise ValueError("val_fraction must be in (0, 1)")
         if (

@@ -305,7 +305,7 @@ def _summary_md(sections: dict[str, Any]) -> list[str]:
         ok = {k: m for k, m in acc["methods"].items() if m.get("status") == "ok"}
         if ok:
             parts = [
-                f"{m['label']} {m['forces_ev_per_a']['mae'] * 1000:.0f}"
+                f"{m['label']} {m['forces_ev_per_a']['mae'] * 1000:.3g}"
                 for m in sorted(ok.values(), key=lambda m: m["forces_ev_per_a"]["mae"])
             ]
             ref = _esc(acc["reference"])

@@ -154,6 +154,31 @@ Grid make_grid(const Box& box, double cutoff, int64_t n_atoms, const double* smi
     return g;
 }
 
+// Bins of cutoff/2 test fewer far-away candidates than bins of cutoff, but visit 25 instead of 9
+// runs of bins around each bin. Which wins depends on the atoms per bin (fcc Cu, 8,788 atoms: bins of
+// cutoff are 4.4x faster at a 3 A cutoff and 1.4x at 5 A, bins of cutoff/2 are 1.3x faster at 6 A
+// and 2x at 10 A). Cost model fitted to those timings: one run costs about 20 distance tests.
+Grid choose_grid(const Box& box, double cutoff, int64_t n_atoms, const double* smin, const double* smax) {
+    constexpr double kRunCost = 20.0;
+    Grid best;
+    double best_cost = std::numeric_limits<double>::infinity();
+    for (int subdivisions : {1, 2}) {
+        Grid g = make_grid(box, cutoff, n_atoms, smin, smax, subdivisions);
+        double bins = 1.0, stencil = 1.0;
+        for (int k = 0; k < 3; ++k) {
+            bins *= g.nbins[k];
+            stencil *= 2 * g.reach[k] + 1;
+        }
+        const double runs = static_cast<double>(2 * g.reach[0] + 1) * (2 * g.reach[1] + 1);
+        const double cost = kRunCost * runs + static_cast<double>(n_atoms) / bins * stencil;
+        if (cost < best_cost) {
+            best_cost = cost;
+            best = g;
+        }
+    }
+    return best;
+}
+
 }  // namespace detail
 
 namespace {
@@ -241,7 +266,7 @@ NeighborList compute_neighbors(const double* positions, int64_t n_atoms, const N
             wrapped[3 * a + d] = r[d] - (w[0] * cell[d] + w[1] * cell[3 + d] + w[2] * cell[6 + d]);
         }
     }
-    const detail::Grid grid = detail::make_grid(box, options.cutoff, n_atoms, smin, smax);
+    const detail::Grid grid = detail::choose_grid(box, options.cutoff, n_atoms, smin, smax);
     const int32_t nb0 = grid.nbins[0], nb1 = grid.nbins[1], nb2 = grid.nbins[2];
     const int64_t n_bins = static_cast<int64_t>(nb0) * nb1 * nb2;
 

@@ -102,6 +102,8 @@ Box make_box(const NeighborOptions& options);
 // smin/smax: fractional extent of the atoms along non-periodic directions.
 Grid make_grid(const Box& box, double cutoff, int64_t n_atoms, const double* smin, const double* smax,
                int subdivisions = 2);
+// make_grid with the subdivision (1 or 2) that a cost model says searches fastest on the CPU.
+Grid choose_grid(const Box& box, double cutoff, int64_t n_atoms, const double* smin, const double* smax);
 void check_cutoff(double cutoff);
 int resolve_threads(int requested, int64_t work);
 }  // namespace detail

@@ -160,7 +160,8 @@ Triple neighbor_list_cuda_one(const at::Tensor& positions, const at::Tensor& cel
     at::Tensor inv = at::from_blob(box.inv.data(), {3, 3}, at::TensorOptions().dtype(at::kDouble)).to(pos.device());
     at::Tensor frac = at::matmul(pos, inv);
     at::Tensor smin_t = std::get<0>(frac.min(0)).cpu(), smax_t = std::get<0>(frac.max(0)).cpu();
-    const detail::Grid grid = detail::make_grid(box, cutoff, n, smin_t.data_ptr<double>(), smax_t.data_ptr<double>());
+    // The same grid as the CPU kernel, so that both return the pairs in the same order.
+    const detail::Grid grid = detail::choose_grid(box, cutoff, n, smin_t.data_ptr<double>(), smax_t.data_ptr<double>());
 
     DeviceGrid g{};
     for (int k = 0; k < 9; ++k) {

@@ -12,6 +12,7 @@ benchmarks/results/training.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -81,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
 
+    # The recipe as it was when measured (the config file may change later).
+    settings = {
+        k: v
+        for k, v in dataclasses.asdict(base).items()
+        if k not in ("data", "test_data", "val_data", "output", "base_dir", "model", "plots")
+    }
+    settings["time_budget_min"] = args.minutes if args.minutes is not None else base.time_budget_min
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.architectures:
@@ -115,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{arch:6s} n={n:5d}  force MAE {m['force_mae_meV_per_A']:7.2f} meV/A  energy MAE {m['energy_mae_meV_per_atom']:6.3f} meV/atom  ({summary['epochs']} epochs, {summary['train_time_s']:.0f} s)",
                     flush=True,
                 )
-                _write(rows, sizes, args, data, test, len(test_set), final=False)
+                _write(rows, sizes, args, data, test, len(test_set), settings, final=False)
 
-    _write(rows, sizes, args, data, test, len(test_set), final=True)
+    _write(rows, sizes, args, data, test, len(test_set), settings, final=True)
     return 0
 
 
@@ -128,6 +136,7 @@ def _write(
     data: Path,
     test: Path,
     n_test: int,
+    settings: dict,
     final: bool,
 ) -> None:
     """Write the JSON atomically (after every point, so an interrupted run keeps what it measured)."""
@@ -164,6 +173,7 @@ def _write(
             "platform": platform.platform(),
             "torch": torch.__version__,
         },
+        "settings": settings,
         "rows": rows,
         "force_mae_ratio_ani_over_painn": ratios,
         "complete": final,

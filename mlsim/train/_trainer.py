@@ -86,6 +86,15 @@ def split_indices(n: int, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(rest), val
 
 
+def _stop_reason(state: dict[str, Any], cfg: TrainConfig) -> str | None:
+    """Why training must stop now (early stopping or time budget), or None to go on."""
+    if state["bad_epochs"] >= cfg.early_stopping_patience:
+        return "early_stopping"
+    if cfg.time_budget_min is not None and state["elapsed"] >= 60 * cfg.time_budget_min:
+        return "time_budget"
+    return None
+
+
 def _umask_mode() -> int:
     """The permission bits a plain open() would give a new file (mkstemp would give 0600)."""
     umask = os.umask(0)
@@ -360,11 +369,8 @@ def train(
     n_train = len(train_data)
     while state["epoch"] < cfg.epochs:
         # Checked before the epoch too, so resuming a run that already stopped trains no further.
-        if state["bad_epochs"] >= cfg.early_stopping_patience:
-            stop_reason = "early_stopping"
-            break
-        if cfg.time_budget_min is not None and state["elapsed"] >= 60 * cfg.time_budget_min:
-            stop_reason = "time_budget"
+        stop_reason = _stop_reason(state, cfg) or stop_reason
+        if stop_reason != "epochs":
             break
         t0 = time.perf_counter()
         epoch = state["epoch"]
@@ -455,11 +461,8 @@ def train(
             lr=f"{lr:.1e}",
         )
         epochs_this_call += 1
-        if state["bad_epochs"] >= cfg.early_stopping_patience:
-            stop_reason = "early_stopping"
-            break
-        if cfg.time_budget_min is not None and state["elapsed"] >= 60 * cfg.time_budget_min:
-            stop_reason = "time_budget"
+        stop_reason = _stop_reason(state, cfg) or stop_reason
+        if stop_reason != "epochs":
             break
         if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
             bar.close()

@@ -7,16 +7,16 @@ the state forecaster) run whenever the topology has exactly one phi and one psi 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from mlsim._fileio import write_json as _write_json
 
 __all__ = ["AnalysisConfig", "analyze", "choose_lag", "write_json"]
 
@@ -46,15 +46,8 @@ class AnalysisConfig:
 
 
 def write_json(obj: dict, path: str | os.PathLike) -> Path:
-    """Write JSON atomically (temp file in the same folder, then os.replace)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, default=_json_default)
-        fh.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp creates owner-only files
-    os.replace(tmp, path)
-    return path
+    """Write JSON atomically (mlsim._fileio)."""
+    return _write_json(path, obj, indent=2, default=_json_default)
 
 
 def _json_default(o):

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mlsim._fileio import atomic_path
+
 __all__ = [
     "free_energy_2d",
     "plot_ck_test",
@@ -45,11 +47,10 @@ def free_energy_2d(
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    """Save a figure atomically (temp file in the same folder, then os.replace)."""
+    """Save a figure atomically (mlsim._fileio)."""
     path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
     return path
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from mlsim._fileio import write_json as _write_json
+from mlsim._fileio import write_text
 from mlsim.bench._methods import (
     Method,
     Skipped,
@@ -55,11 +57,8 @@ class BenchConfig:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file in the same folder, then os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    """Write JSON atomically (mlsim._fileio)."""
+    _write_json(path, data, indent=2, default=str)
 
 
 def _log(cfg: BenchConfig, msg: str) -> None:
@@ -451,8 +450,6 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     }
     write_json(cfg.out_dir / "report.json", report)
     md = cfg.out_dir / "report.md"
-    tmp = md.with_name("report.md.tmp")
-    tmp.write_text(render_markdown(report))
-    os.replace(tmp, md)
+    write_text(md, render_markdown(report))
     _log(cfg, f"wrote {md} and {cfg.out_dir / 'report.json'}")
     return report

@@ -11,7 +11,6 @@ import gzip
 import io
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterable, Sequence
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from mlsim._fileio import atomic_path
 from mlsim.data._dataset import Dataset
 from mlsim.data._structure import Structure
 from mlsim.units import energy_factor, length_factor
@@ -291,17 +291,6 @@ class _NpzSource:
 
 
 # --- writing ------------------------------------------------------------------------------------
-def _atomic_target(path: Path) -> tuple[int, str]:
-    """Open a temporary file next to `path` (same filesystem, so os.replace is atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:]) if _is_gzip(path) else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a data file should be as readable as any
-    return fd, tmp
-
-
 def _json_safe(info: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in info.items():
@@ -332,35 +321,26 @@ def write(
         raise ValueError(
             f"{path}: {fmt} files are written in ASE units; unit options apply to npz only"
         )
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
+    suffix = "".join(path.suffixes[-2:]) if _is_gzip(path) else path.suffix
+    with atomic_path(path, suffix=suffix) as tmp:
         if fmt == "extxyz":
             data = "".join(_frame_text(s) for s in structures).encode()
             if _is_gzip(path):
                 data = gzip.compress(data, mtime=0)
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())  # on disk before the rename makes it the real file
+            tmp.write_bytes(data)
         elif fmt == "npz":
-            _write_npz(Path(tmp), structures, energy_unit, length_unit)
+            _write_npz(tmp, structures, energy_unit, length_unit)
         elif fmt == "db":
             from ase.db import connect
 
-            os.unlink(tmp)  # ase.db wants to create the file itself
-            with connect(tmp, type="db", append=False) as db:
+            tmp.unlink()  # ase.db wants to create the file itself
+            with connect(str(tmp), type="db", append=False) as db:
                 for s in structures:
                     db.write(s.to_atoms(), data={"mlsim_info": _json_safe(s.info)})
         else:
             from ase.io import write as ase_write
 
-            ase_write(tmp, [s.to_atoms() for s in structures], format=None)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+            ase_write(str(tmp), [s.to_atoms() for s in structures], format=None)
 
 
 def _write_npz(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from mlsim._fileio import atomic_path
 
 __all__ = [
     "ARCHITECTURES",
@@ -77,20 +78,8 @@ def save_model(
     if extra:
         meta.update(extra)
     scripted = torch.jit.script(model.eval())
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.jit.save(scripted, tmp, _extra_files={_META: json.dumps(meta, indent=1)})
-        # mkstemp creates 0600 files; a model is meant to be shared, so use the umask's default.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp:
+        torch.jit.save(scripted, str(tmp), _extra_files={_META: json.dumps(meta, indent=1)})
 
 
 def _ensure_ops() -> None:

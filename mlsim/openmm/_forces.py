@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mlsim._fileio import atomic_path
 from mlsim.openmm._module import OpenMMEnergy, OpenMMEnergyForces, resolve_model
 
 __all__ = [
@@ -114,10 +115,8 @@ def _scripted_module(
 def _save(scripted: torch.jit.ScriptModule, path: str | os.PathLike) -> Path:
     """Save a TorchScript module atomically; returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    scripted.save(str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        scripted.save(str(tmp))
     return path
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from mlsim import units
+from mlsim._fileio import write_bytes, write_text
 from mlsim.data import Structure
 from mlsim.openmm._forces import DEFAULT_BACKEND
 from mlsim.openmm._system import create_system, topology_from_structure
@@ -49,11 +50,11 @@ class MDResult:
 
 
 def _write_atomic(path: Path, data: bytes | str) -> None:
-    """Write a file through a temporary file in the same folder and os.replace."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb" if isinstance(data, bytes) else "w") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    """Write bytes or text atomically (mlsim._fileio)."""
+    if isinstance(data, bytes):
+        write_bytes(path, data)
+    else:
+        write_text(path, data)
 
 
 def _problem(state: Any, max_force_kj: float) -> str | None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from mlsim._fileio import atomic_path
 from mlsim.propagators._flow import ConditionalRealNVP
 from mlsim.propagators._internal import ZMatrix
 
@@ -161,7 +161,7 @@ class Propagator(nn.Module):
         return x_new, log_q - torch.log(self.s_std).sum() - logdet
 
     def save(self, path: str | os.PathLike, extra: dict | None = None) -> Path:
-        """Write config + weights atomically (temp file in the same folder, then os.replace)."""
+        """Write config + weights atomically (mlsim._fileio)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
@@ -170,11 +170,8 @@ class Propagator(nn.Module):
             "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
             "extra": extra or {},
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".pt.tmp")
-        os.close(fd)
-        torch.save(payload, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
         return path
 
     @classmethod

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mlsim._fileio import atomic_path
 from mlsim.propagators._frames import kabsch_align
 from mlsim.propagators._model import Propagator
 
@@ -58,10 +58,8 @@ def _save_checkpoint(path: Path, model: Propagator, opt, step: int, wall: float)
         "wall_s": wall,
         "torch_rng": torch.get_rng_state(),
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".ckpt.tmp")
-    os.close(fd)
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def train_propagator(

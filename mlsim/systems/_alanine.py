@@ -9,11 +9,12 @@ RDKit nor randomness; :func:`build_alanine_dipeptide_pdb` regenerates it.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from mlsim._fileio import atomic_write
 
 __all__ = [
     "ALANINE_PDB",
@@ -136,11 +137,8 @@ def build_alanine_dipeptide_pdb(path: str | os.PathLike = ALANINE_PDB, seed: int
     pos = ctx.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
 
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".pdb.tmp")
-    with os.fdopen(fd, "w") as fh:
+    with atomic_write(path) as fh:
         app.PDBFile.writeFile(top, pos * unit.nanometer, fh, keepIds=True)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-    os.replace(tmp, path)
     return path
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from mlsim._fileio import atomic_write
 
 __all__ = ["Frames", "make_context", "simulate", "write_dcd"]
 
@@ -38,17 +39,14 @@ def make_context(system, temperature: float, dt_fs: float, seed: int, platform: 
 
 
 def write_dcd(path: str | os.PathLike, topology, positions_nm: np.ndarray, dt_ps: float) -> Path:
-    """Write frames (T, n, 3) in nm to a DCD file atomically (temp file + os.replace)."""
+    """Write frames (T, n, 3) in nm to a DCD file atomically (mlsim._fileio)."""
     from openmm import app, unit
 
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", suffix=".dcd.tmp")
-    with os.fdopen(fd, "wb") as fh:
+    with atomic_write(path, "wb") as fh:
         dcd = app.DCDFile(fh, topology, dt_ps * unit.picosecond, interval=1)
         for x in positions_nm:
             dcd.writeModel(x * unit.nanometer)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-    os.replace(tmp, path)
     return path
 
 

@@ -19,7 +19,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mlsim._fileio import atomic_path, write_text
 from mlsim.models import (
     Ensemble,
     build_model,
@@ -95,33 +95,15 @@ def _stop_reason(state: dict[str, Any], cfg: TrainConfig) -> str | None:
     return None
 
 
-def _umask_mode() -> int:
-    """The permission bits a plain open() would give a new file (mkstemp would give 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def _atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temp file in the same folder, then rename (never a half-written file)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, _umask_mode())
-    try:
+    """torch.save through mlsim's atomic writer (never a half-written file)."""
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _atomic_text(text: str, path: Path) -> None:
     """Write text atomically."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.chmod(tmp, _umask_mode())
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def _members(model: nn.Module) -> list[nn.Module]:

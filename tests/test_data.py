@@ -388,3 +388,213 @@ def test_npz_vectorised_validation_names_frame(tmp_path):
     # in nm the same numbers are 10x farther apart: no clash, only the inf in frame 40
     with pytest.raises(ValueError, match="structure 40: non-finite"):
         read(tmp_path / "clash.npz", energy_unit="eV", length_unit="nm")
+
+
+def _frame_starts(data: bytes) -> list[int]:
+    return [k for k in range(len(data)) if data.startswith(b"3\nProperties", k)]
+
+
+def test_truncated_or_corrupt_extxyz_is_an_error_naming_file_and_frame(tmp_path, waters):
+    """Issue #17: a truncated or corrupt tail used to be dropped with a warning (exit 0)."""
+    path = tmp_path / "w.extxyz"
+    write(path, waters)
+    data = path.read_bytes()
+    starts = _frame_starts(data)
+    path.write_bytes(data[: starts[7] + 60])  # cut inside frame 7
+    with pytest.raises(
+        ValueError, match=rf"w\.extxyz: frame 7 \(byte {starts[7]}\): the file ends inside"
+    ):
+        read(path)
+    bad = bytearray(data)  # one flipped bit in frame 4: not UTF-8 any more
+    bad[starts[4] + 200] ^= 0x80
+    path.write_bytes(bytes(bad))
+    with pytest.raises(
+        ValueError,
+        match=rf"frame 4 \(byte {starts[4]}\): invalid byte 0x.. at byte {starts[4] + 200}",
+    ):
+        read(path)
+    # a garbled number in frame 5: ASE's error, with the frame
+    line = data.index(b"\nO ", starts[5]) + 1
+    path.write_bytes(data[: line + 12] + b"1.2#4" + data[line + 17 :])
+    with pytest.raises(
+        ValueError, match=rf"w\.extxyz: frame 5 \(byte {starts[5]}\): cannot parse it"
+    ):
+        read(path)
+    # a count line that is not one (e.g. a merged or lost line)
+    path.write_bytes(data[: starts[9]] + b"three\n" + data[starts[9] + 2 :])
+    with pytest.raises(
+        ValueError, match=rf"frame 9 \(byte {starts[9]}\): expected a frame's atom-count line"
+    ):
+        read(path)
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"w\.extxyz: empty file: no frames"):
+        read(path)
+
+
+def test_truncated_or_misnamed_gzip_is_an_error(tmp_path, waters):
+    path = tmp_path / "w.extxyz.gz"
+    write(path, waters)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # one member, cut: not a single frame is certain
+    with pytest.raises(
+        ValueError, match=r"w\.extxyz\.gz: frame 0 \(gzip member at byte 0\): the file ends inside"
+    ):
+        read(path)
+    path.write_bytes(gzip.decompress(data))  # text named .gz
+    with pytest.raises(ValueError, match=r"w\.extxyz\.gz: frame 0 .*not gzip data"):
+        read(path)
+    (tmp_path / "z.extxyz").write_bytes(data)  # gzip named .extxyz
+    with pytest.raises(ValueError, match=r"z\.extxyz: frame 0 \(byte 0\): this is gzip-compressed"):
+        read(tmp_path / "z.extxyz")
+    # members appended after a complete stream are read; garbage after them is an error
+    path.write_bytes(data + gzip.compress(_one_frame(waters[0])))
+    assert len(read(path)) == 13
+    path.write_bytes(data + b"\x00" * 8)
+    with pytest.raises(
+        ValueError, match=rf"frame 12 \(gzip member at byte {len(data)}\): the bytes from"
+    ):
+        read(path)
+
+
+def _one_frame(s: Structure) -> bytes:
+    from mlsim.data._io import _frame_text
+
+    return _frame_text(s).encode()
+
+
+def test_blank_lines_and_missing_final_newline_lose_no_frame(tmp_path, waters):
+    """ASE's reader stops at a blank line, silently dropping every frame after it."""
+    text = b"\n".join(_one_frame(s) for s in waters)  # a blank line between frames
+    (tmp_path / "b.extxyz").write_bytes(text.rstrip(b"\n"))  # and no newline at the very end
+    back = read(tmp_path / "b.extxyz", require_forces=True)
+    assert [s.info["frame"] for s in back] == list(range(12))
+    _same(back[11], waters[11])
+
+
+def test_cli_convert_refuses_truncated_input(tmp_path, waters, capsys):
+    from mlsim.cli import main
+
+    write(tmp_path / "w.extxyz", waters)
+    data = (tmp_path / "w.extxyz").read_bytes()
+    (tmp_path / "w.extxyz").write_bytes(data[:-40])
+    assert main(["data", "convert", str(tmp_path / "w.extxyz"), str(tmp_path / "o.npz")]) == 1
+    assert "w.extxyz: frame 11 (byte" in capsys.readouterr().err
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_atomic_numbers_outside_the_periodic_table(tmp_path, capsys):
+    from mlsim.cli import main
+
+    for z in (119, 0, -1):
+        with pytest.raises(ValueError, match=rf"atom 1: atomic number {z} is outside 1\.\.118"):
+            Structure([1, z], [[0, 0, 0], [1.0, 0, 0]])
+    r = np.zeros((3, 2, 3))
+    r[:, 1, 0] = 1.0
+    kw = {"energy_unit": "eV", "length_unit": "angstrom"}
+    np.savez(tmp_path / "a.npz", z=[8, -1], R=r)
+    with pytest.raises(
+        ValueError, match=r"a\.npz: atom 1 \(of every structure\): atomic number -1"
+    ):
+        read(tmp_path / "a.npz", **kw)
+    np.savez(tmp_path / "b.npz", z=[[8, 1], [8, 1], [119, 1]], R=r)
+    with pytest.raises(
+        ValueError, match=r"b\.npz: structure 2, atom 0: atomic number 119 is outside"
+    ):
+        read(tmp_path / "b.npz", validate=False, **kw)
+    # `data info` says so (it used to print Z=-1 as "Og" and fail on 119 with an IndexError)
+    args = ["--energy-unit", "eV", "--length-unit", "angstrom", "--no-validate"]
+    assert main(["data", "info", str(tmp_path / "a.npz"), *args]) == 1
+    err = capsys.readouterr()
+    assert "atomic number -1" in err.err and "Og" not in err.out
+    # an extxyz with a Z column beyond the table: the error names the frame and atom
+    text = "1\nProperties=species:S:1:pos:R:3:Z:I:1\nH 0.0 0.0 0.0 1\n"
+    text += "1\nProperties=species:S:1:pos:R:3:Z:I:1\nH 0.0 0.0 0.0 119\n"
+    (tmp_path / "z.extxyz").write_text(text)
+    second = text.index("1\nProp", 1)
+    with pytest.raises(
+        ValueError, match=rf"z\.extxyz: frame 1 \(byte {second}\): .*atom 0: atomic number 119"
+    ):
+        read(tmp_path / "z.extxyz")
+
+
+def test_npz_unit_hint_names_real_options(tmp_path, capsys):
+    from mlsim.cli import build_parser, main
+
+    np.savez(tmp_path / "m.npz", z=[8, 1, 1], R=np.array([[[0, 0, 0], [1.0, 0, 0], [0, 1.0, 0]]]))
+    with pytest.raises(
+        ValueError, match=r"pass it \(command line: --energy-unit; Python: energy_unit=\)"
+    ):
+        read(tmp_path / "m.npz")
+    assert main(["data", "info", str(tmp_path / "m.npz")]) == 1
+    assert "--energy-unit" in capsys.readouterr().err
+    # every command that reads a data file that may be npz has the options the hint names
+    parser = build_parser()
+    units = ["--energy-unit", "kcal/mol", "--length-unit", "bohr"]
+    for cmd in (
+        ["data", "info", "m.npz"],
+        ["data", "convert", "m.npz", "o.extxyz"],
+        ["data", "split", "m.npz", "1", "--out", "a.npz"],
+        ["data", "sample", "m.npz", "--temperatures", "300", "--frames", "1", "--out", "s.xyz"],
+        ["label", "m.npz", "--method", "xtb", "--out", "o.extxyz"],
+        ["evaluate", "model.pt", "m.npz"],
+    ):
+        args = parser.parse_args([*cmd, *units])
+        assert (args.energy_unit, args.length_unit) == ("kcal/mol", "bohr"), cmd
+
+
+def test_evaluate_reads_npz_with_units(tmp_path, capsys):
+    import json
+
+    from mlsim.cli import main
+    from mlsim.data import ethanol_path
+
+    test = read(ethanol_path("val", "dft"))[:4]
+    ev = [s.energy for s in test]
+    np.savez(  # MD17-style, in kcal/mol and Angstrom, units not recorded
+        tmp_path / "t.npz",
+        z=test[0].numbers,
+        R=np.stack([s.positions for s in test]),
+        E=np.array(ev) / EV_PER_KCAL_PER_MOL,
+        F=np.stack([s.forces for s in test]) / EV_PER_KCAL_PER_MOL,
+    )
+    model = str(ethanol_path("val", "dft").parent / "model.pt")
+    write(tmp_path / "t.extxyz", test)
+    assert main(["evaluate", model, str(tmp_path / "t.extxyz"), "--json", "--no-progress"]) == 0
+    ref = json.loads(capsys.readouterr().out)
+    npz = ["evaluate", model, str(tmp_path / "t.npz"), "--json", "--no-progress"]
+    assert main(npz) == 1
+    assert "--energy-unit" in capsys.readouterr().err
+    assert main([*npz, "--energy-unit", "kcal/mol", "--length-unit", "angstrom"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["n_structures"] == 4
+    assert got["force_mae_meV_per_A"] == pytest.approx(ref["force_mae_meV_per_A"], rel=1e-6)
+
+
+def test_sample_keeps_md_labels_and_shows_equilibration_progress(monkeypatch):
+    import tqdm
+    from ase.calculators.emt import EMT
+
+    updates: list[int] = []
+
+    class Bar:
+        def __init__(self, *args: object, total: int, **kwargs: object) -> None:
+            self.total = total
+
+        def update(self, n: int = 1) -> None:
+            updates.append(n)
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(tqdm, "tqdm", Bar)
+    start = Structure([29] * 4, [[0, 0, 0], [2.5, 0, 0], [0, 2.5, 0], [0, 0, 2.5]])
+    kw = dict(every=5, timestep_fs=2.0, equilibration_fs=40.0, seed=3)
+    got = sample(start, EMT, [300.0], 2, **kw)
+    # step by step, equilibration (20 steps) included, not one jump when it is over
+    assert updates == [1] * (20 + 2 * 5)
+    for s in got:
+        assert s.info["method"] == "EMT"
+        atoms = s.to_atoms()
+        atoms.calc = EMT()
+        assert s.energy == pytest.approx(atoms.get_potential_energy(), abs=1e-10)
+        np.testing.assert_allclose(s.forces, atoms.get_forces(), atol=1e-10)

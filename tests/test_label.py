@@ -18,6 +18,7 @@ from ase.calculators.emt import EMT
 from mlsim.data import Dataset, Structure, label, read, write
 from mlsim.data._backends import AseLabeller
 from mlsim.data._io import _frame_text, append_frames, read_frames_repairing
+from mlsim.data._label import default_failed_path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -125,9 +126,15 @@ def test_torn_tail_is_repaired(tmp_path, name):
     with open(out, "ab") as fh:  # a write cut short by a kill: a partial frame / gzip member
         fh.write(gzip.compress(frame)[:-9] if name.endswith("gz") else frame[: len(frame) // 2])
     assert out.stat().st_size > good
-    with pytest.warns(UserWarning, match="incomplete last frame"):
-        assert len(read(out)) == 3  # readers skip the torn frame but leave the file alone
-    assert out.stat().st_size > good
+    torn = out.read_bytes()
+    # Readers refuse a torn file (no silently shorter data set), naming the frame and its start,
+    # and leave it alone.
+    where = f"gzip member at byte {good}" if name.endswith("gz") else f"byte {good}"
+    with pytest.raises(ValueError, match=rf"{name}: frame 3 \({where}\): the file ends inside"):
+        read(out)
+    assert out.read_bytes() == torn
+    assert [int(r.info["label_index"]) for r in read_frames_repairing(out)] == [0, 1, 2]
+    assert out.read_bytes() == torn  # reading leniently without repair does not touch it either
     recs = read_frames_repairing(out, repair=True)
     assert [int(r.info["label_index"]) for r in recs] == [0, 1, 2]
     assert out.stat().st_size == good  # the torn tail was cut off, so appends continue cleanly
@@ -266,3 +273,191 @@ def test_cli_dft_options_reach_pyscf(tmp_path, capsys):
     (t,) = read(tmp_path / "nodf.extxyz")
     assert not t.info["density_fit"] and t.energy == pytest.approx(s.energy, abs=2e-3)
     assert "1 labelled now" in capsys.readouterr().err
+
+
+def _labelled_file(path: Path, n: int = 6) -> None:
+    """Write `n` labelled records as `mlsim label` does (one append, one gzip member, per frame)."""
+    structures = _clusters(n)
+    for i, s in enumerate(structures):
+        s.energy, s.forces = float(i), np.zeros((5, 3))
+        s.info.update({"label_index": i, "method": "EMT"})
+        append_frames(path, [s])
+
+
+def _corrupt_middle_frame(path: Path) -> int:
+    """Replace a coordinate of frame 2 with garbage; return the byte where frame 2 starts."""
+    text = path.read_bytes()
+    starts = [k for k in range(len(text)) if text.startswith(b"5\nProperties", k)]
+    line = text.index(b"\nCu ", starts[2]) + 1
+    path.write_bytes(text[: line + 10] + b"x.xxxx" + text[line + 16 :])
+    return starts[2]
+
+
+@pytest.mark.parametrize("case", ["text_named_gz", "gzip_named_extxyz", "corrupt_middle"])
+def test_foreign_or_damaged_output_is_refused_untouched(tmp_path, case):
+    """Issue #17: 50 labelled structures in a file named .gz but not gzip were cut to 0 bytes."""
+    inp = Dataset(_clusters(50))
+    if case == "text_named_gz":
+        out = tmp_path / "o.extxyz.gz"
+        label(inp, tmp_path / "plain.extxyz", "ase.calculators.emt:EMT", progress=False)
+        os.replace(tmp_path / "plain.extxyz", out)
+        match = r"o\.extxyz\.gz: frame 0 \(gzip member at byte 0\): not gzip data"
+    elif case == "gzip_named_extxyz":
+        out = tmp_path / "o.extxyz"
+        label(inp, tmp_path / "z.extxyz.gz", "ase.calculators.emt:EMT", progress=False)
+        os.replace(tmp_path / "z.extxyz.gz", out)
+        match = r"o\.extxyz: frame 0 \(byte 0\): this is gzip-compressed data"
+    else:
+        out = tmp_path / "o.extxyz"
+        label(inp, out, "ase.calculators.emt:EMT", progress=False)
+        start = _corrupt_middle_frame(out)
+        match = rf"o\.extxyz: frame 2 \(byte {start}\): cannot parse it"
+    before = out.read_bytes()
+    with pytest.raises(ValueError, match=match) as err:
+        label(inp, out, "ase.calculators.emt:EMT", progress=False)
+    assert "left as it is" in str(err.value)
+    assert out.read_bytes() == before  # not one byte changed
+    assert not default_failed_path(out).exists()
+    with pytest.raises(ValueError, match=match):
+        read(out)
+    # the command line says the same in one line, exit status 1
+    from mlsim.cli import main
+
+    write(tmp_path / "in.extxyz", inp)
+    args = ["label", str(tmp_path / "in.extxyz"), "--method", "ase.calculators.emt:EMT"]
+    assert main([*args, "--no-progress", "--out", str(out)]) == 1
+    assert out.read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["o.extxyz", "o.extxyz.gz"])
+@pytest.mark.parametrize("keep", [3, -30])
+def test_torn_tail_of_a_foreign_file_is_not_repaired(tmp_path, name, keep):
+    """A torn tail is cut only when every complete frame before it carries label_index."""
+    inp = Dataset(_clusters(4))
+    out = tmp_path / name
+    geo = _clusters(4)  # unlabelled frames: a geometry file, not mlsim label output
+    write(out, geo[:3])
+    frame = _frame_text(geo[3]).encode()[:keep]
+    with open(out, "ab") as fh:
+        fh.write(gzip.compress(frame)[:-9] if name.endswith("gz") else frame)
+    before = out.read_bytes()
+    # A torn comment line without label_index is refused as it is read; a tail too short to
+    # show it, by the check that the complete frames carry label_index. Either way: untouched.
+    match = "record 0 has no label_index" if keep == 3 else r"frame 3 \(.*\): the file ends inside"
+    with pytest.raises(ValueError, match=rf"{name}: {match}"):
+        label(inp, out, "ase.calculators.emt:EMT", progress=False)
+    assert out.read_bytes() == before
+    with pytest.raises(ValueError, match=rf"{name}: {match.replace('record', 'frame')}"):
+        read_frames_repairing(out, repair=True)
+    assert out.read_bytes() == before
+    # a torn frame alone (no complete frame before it) must show label_index to be mlsim's
+    lone = tmp_path / "lone.extxyz"
+    lone.write_bytes(b"5\nProperties=species:S:1:pos:R:3 pb")
+    with pytest.raises(ValueError, match=r"lone\.extxyz: frame 0 \(byte 0\): the file ends inside"):
+        label(inp, lone, "ase.calculators.emt:EMT", progress=False)
+    assert lone.read_bytes() == b"5\nProperties=species:S:1:pos:R:3 pb"
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_damaged_failed_file_is_refused_and_no_output_left(tmp_path, gz):
+    inp = Dataset(_clusters(6))
+    out = tmp_path / ("o.extxyz.gz" if gz else "o.extxyz")
+    failed = default_failed_path(out)
+    _labelled_file(failed)
+    if gz:  # a flipped byte in the third gzip member's CRC32 (its last 8 bytes: CRC32, size)
+        data = bytearray(failed.read_bytes())
+        starts = [k for k in range(len(data) - 2) if data[k : k + 3] == b"\x1f\x8b\x08"]
+        data[starts[3] - 6] ^= 0xFF
+        failed.write_bytes(bytes(data))
+        match = rf"frame 2 \(gzip member at byte {starts[2]}\): corrupt gzip member"
+    else:
+        match = rf"frame 2 \(byte {_corrupt_middle_frame(failed)}\): cannot parse it"
+    before = failed.read_bytes()
+    with pytest.raises(ValueError, match=rf"{failed.name}: {match}"):
+        label(inp, out, "ase.calculators.emt:EMT", progress=False)
+    assert failed.read_bytes() == before
+    assert not out.exists()  # the lock created OUT; a refused run leaves none behind
+
+
+def test_resume_refuses_other_charge_spin_or_dft_options(tmp_path):
+    from ase.build import molecule
+
+    water = [Structure.from_atoms(molecule("H2O"))]
+    out = tmp_path / "x.extxyz"
+    label(water, out, "xtb", progress=False, charge=0, spin=0)
+    (rec,) = read(out)
+    assert (rec.info["method"], rec.info["charge"], rec.info["spin"]) == ("GFN2-xTB", 0, 0)
+    before = out.read_bytes()
+    with pytest.raises(
+        ValueError, match=r"x\.extxyz: charge differs: .*labelled with 0, this run uses 1"
+    ):
+        label(water, out, "xtb", progress=False, charge=1)
+    with pytest.raises(ValueError, match=r"spin differs: .*labelled with 0, this run uses 2"):
+        label(water, out, "xtb", progress=False, spin=2)
+    assert out.read_bytes() == before
+    assert label(water, out, "xtb", progress=False).n_already == 1  # same settings resume
+
+    h2 = [Structure([1, 1], [[0, 0, 0], [0, 0, 0.74]])]
+    dft = tmp_path / "h2.extxyz"
+    opts = {"functional": "lda", "basis": "sto-3g", "threads": 1}
+    label(h2, dft, "dft", progress=False, **opts)
+    (rec,) = read(dft)
+    assert {k: rec.info[k] for k in ("method", "functional", "basis", "density_fit")} == {
+        "method": "LDA/STO-3G",
+        "functional": "lda",
+        "basis": "sto-3g",
+        "density_fit": True,
+    }
+    assert (rec.info["charge"], rec.info["spin"]) == (0, 0)
+    before = dft.read_bytes()
+    bad = [
+        ({"density_fit": False}, "density_fit differs: .*labelled with True, this run uses False"),
+        (
+            {"basis": "sto-6g"},
+            "method differs: .*labelled with 'LDA/STO-3G', this run uses 'LDA/STO-6G'",
+        ),
+        ({"spin": 2}, "spin differs: .*labelled with 0, this run uses 2"),
+        ({"charge": -2}, "charge differs: .*labelled with 0, this run uses -2"),
+    ]
+    for change, match in bad:
+        with pytest.raises(ValueError, match=match):
+            label(h2, dft, "dft", progress=False, **(opts | change))
+    assert dft.read_bytes() == before
+    # pyscf reads names case-insensitively, so the same settings in capitals resume
+    same = opts | {"functional": "LDA", "basis": "STO-3G"}
+    assert label(h2, dft, "dft", progress=False, **same).n_already == 1
+
+
+def test_old_labels_without_settings_keys_still_resume(tmp_path):
+    """The shipped B3LYP files record method, program and density_fit only (older mlsim)."""
+    from mlsim.data import ethanol_path
+
+    geo, shipped = ethanol_path("val", "geometries"), ethanol_path("val", "dft")
+    out = tmp_path / "val_dft.extxyz.gz"
+    out.write_bytes(shipped.read_bytes())
+    assert "charge" not in read(out)[0].info
+    opts = {"functional": "b3lyp", "basis": "6-31g*", "threads": 1}
+    summ = label(geo, out, "dft", progress=False, shuffle=0, **opts)
+    assert (summ.n_already, summ.n_labelled) == (50, 0)
+    assert out.read_bytes() == shipped.read_bytes()
+    with pytest.raises(ValueError, match="density_fit differs: .*True, this run uses False"):
+        label(geo, out, "dft", progress=False, density_fit=False, **opts)
+    with pytest.raises(
+        ValueError, match="method differs: .*'B3LYP/6-31G\\*', this run uses 'PBE/6-31G\\*'"
+    ):
+        label(geo, out, "dft", progress=False, **(opts | {"functional": "pbe"}))
+    assert out.read_bytes() == shipped.read_bytes()
+
+
+def test_stale_label_keys_of_the_input_are_dropped(tmp_path):
+    inp = _clusters(2)
+    for s in inp:
+        s.info.update({"method": "B3LYP/6-31G*", "program": "pyscf", "density_fit": True})
+        s.info.update({"label_index": 7, "scf_newton": False})
+    out = tmp_path / "o.extxyz"
+    label(inp, out, "ase.calculators.emt:EMT", progress=False)
+    recs = read(out)
+    assert [r.info["label_index"] for r in recs] == [0, 1]
+    for r in recs:
+        assert r.info["method"] == "EMT" and r.info["i"] in (0, 1)
+        assert not {"program", "density_fit", "scf_newton"} & set(r.info)

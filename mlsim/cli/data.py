@@ -30,9 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     spl.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     _units(spl)
     smp = sub.add_parser(
-        "sample", help="Langevin MD from a start structure, keeping every k-th frame (unlabelled)"
+        "sample",
+        help="Langevin MD from a start structure, keeping every k-th frame with the energy and "
+        "forces the MD calculator computed for it",
     )
     smp.add_argument("start", type=Path, help="start structure (first frame of any readable file)")
+    _units(smp)
     smp.add_argument(
         "--calc", default="xtb", help="xtb (default) or package.module:CalculatorClass"
     )
@@ -140,7 +143,7 @@ def _sample(args: argparse.Namespace) -> int:
     from mlsim.data import read, sample, write
     from mlsim.data._backends import make_calculator
 
-    start = read(args.start)[0]
+    start = read(args.start, energy_unit=args.energy_unit, length_unit=args.length_unit)[0]
     calc, _ = make_calculator(args.calc, charge=args.charge)
     ds = sample(
         start,
@@ -154,5 +157,5 @@ def _sample(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     write(args.out, ds)
-    print(f"wrote {len(ds)} structures to {args.out}")
+    print(f"wrote {len(ds)} structures to {args.out} (labelled by {ds[0].info['method']})")
     return 0

@@ -20,17 +20,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, default=128, help="structures per evaluation batch"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument(
+        "--energy-unit", help="npz energy unit, e.g. kcal/mol, eV, hartree (MD17: kcal/mol)"
+    )
+    parser.add_argument("--length-unit", help="npz length unit, e.g. angstrom, bohr, nm")
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print the metrics."""
+    from mlsim.data import read
     from mlsim.models import load_model
-    from mlsim.train import evaluate, read_structures
+    from mlsim.train import evaluate
 
     if args.batch_size < 1:
         raise ValueError("--batch-size must be >= 1")
     model = load_model(args.model)
-    structures = read_structures(args.data)
+    # mlsim.data.read directly (not train.read_structures): an npz needs its units passed on.
+    structures = list(read(args.data, energy_unit=args.energy_unit, length_unit=args.length_unit))
     if not any(s.energy is not None or s.forces is not None for s in structures):
         raise ValueError(f"{args.data} has no energy or force labels to compare with")
     metrics = evaluate(model, structures, batch_size=args.batch_size, progress=not args.no_progress)

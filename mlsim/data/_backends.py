@@ -26,7 +26,12 @@ class LabelFailure(RuntimeError):
 
 
 class Labeller(Protocol):
-    """A reference method: `labeller(structure) -> (energy eV, forces eV/A, extra info)`."""
+    """A reference method: `labeller(structure) -> (energy eV, forces eV/A, extra info)`.
+
+    An optional `settings` dict (method name, charge, spin, functional, basis, density_fit: what
+    applies) is stored with every label, and a resumed run must use the same; without it the name
+    alone is checked.
+    """
 
     name: str
 
@@ -57,6 +62,15 @@ class PySCFLabeller:
         self.newton_cycles = newton_cycles
         self.name = f"{functional.upper()}/{basis.upper()}"
         self.program = f"pyscf {pyscf.__version__}"
+        # What a resumed run must repeat; threads and SCF limits do not change converged labels.
+        self.settings: dict[str, Any] = {
+            "method": self.name,
+            "functional": functional,
+            "basis": basis,
+            "density_fit": bool(density_fit),
+            "charge": int(charge),
+            "spin": int(spin),
+        }
 
     def __call__(self, s: Structure) -> tuple[float, np.ndarray, dict[str, Any]]:
         """Run SCF + analytic gradient; raise LabelFailure if SCF does not converge (with a Newton retry)."""
@@ -116,11 +130,18 @@ class PySCFLabeller:
 
 
 class AseLabeller:
-    """Any ASE calculator as a reference method; its CalculationFailed becomes LabelFailure."""
+    """Any ASE calculator as a reference method; its CalculationFailed becomes LabelFailure.
 
-    def __init__(self, calculator: Any, name: str | None = None) -> None:
+    `settings` adds what the calculator was built with (e.g. charge and spin for xTB) to the
+    settings stored with every label and checked when a run resumes.
+    """
+
+    def __init__(
+        self, calculator: Any, name: str | None = None, settings: dict[str, Any] | None = None
+    ) -> None:
         self.calc = calculator
         self.name = name or type(calculator).__name__
+        self.settings: dict[str, Any] = {"method": self.name, **(settings or {})}
 
     def __call__(self, s: Structure) -> tuple[float, np.ndarray, dict[str, Any]]:
         """Evaluate energy and forces (and stress when periodic and available)."""
@@ -157,8 +178,12 @@ def make_labeller(
         return PySCFLabeller(
             functional, basis, density_fit=density_fit, charge=charge, spin=spin, threads=threads
         )
-    if method == "xtb" or ":" in method:
+    if method == "xtb":
         calc, name = make_calculator(method, charge=charge, spin=spin)
+        return AseLabeller(calc, name, {"charge": int(charge), "spin": int(spin)})
+    if ":" in method:
+        # A calculator built with no arguments: charge and spin do not reach it, so not recorded.
+        calc, name = make_calculator(method)
         return AseLabeller(calc, name)
     raise ValueError(f"unknown method {method!r}: use dft, xtb or module:CalculatorClass")
 

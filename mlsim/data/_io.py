@@ -11,7 +11,6 @@ import gzip
 import io
 import json
 import os
-import warnings
 import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -21,7 +20,8 @@ import numpy as np
 
 from mlsim._fileio import atomic_path
 from mlsim.data._dataset import Dataset
-from mlsim.data._structure import Structure
+from mlsim.data._extxyz import cut_torn_tail, read_extxyz, read_own_frames
+from mlsim.data._structure import MAX_Z, Structure
 from mlsim.units import energy_factor, length_factor
 
 __all__ = [
@@ -69,6 +69,8 @@ def read(
     extxyz/ASE files are in ASE units. MD17-style npz files carry no units, so `energy_unit` and
     `length_unit` must be given (e.g. "kcal/mol", "angstrom") unless the file was written by mlsim,
     which records them. R and F of uncompressed npz files are memory-mapped, not loaded.
+    A truncated, corrupt or empty file is an error naming the file and the frame (for extxyz also
+    the byte where the frame starts), never a silently shorter data set.
     """
     path = Path(path)
     if not path.exists():
@@ -81,36 +83,40 @@ def read(
         raise ValueError(
             f"{path}: {fmt} files are read in ASE units (eV, Angstrom); unit options apply to npz only"
         )
-    if fmt == "npz":
-        ds = Dataset._from_source(_NpzSource(path, energy_unit, length_unit))
-    elif fmt == "db":
-        ds = Dataset._from_source(_DbSource(path))
-    else:
-        from ase.io import read as ase_read
+    try:
+        if fmt == "npz":
+            ds = Dataset._from_source(_NpzSource(path, energy_unit, length_unit))
+        elif fmt == "db":
+            ds = Dataset._from_source(_DbSource(path))
+        elif fmt == "extxyz":
+            # Strict: a truncated, corrupt or empty file is an error naming the frame, never a
+            # silently shorter data set (only the labeller reads its own output leniently).
+            ds = Dataset(read_extxyz(path))
+        else:
+            from ase.io import read as ase_read
 
-        try:
-            if fmt == "extxyz":
-                # Complete frames only: a file that `mlsim label` is still appending to reads fine.
-                text, good, size = _complete_text(path)
-                if good != size:
-                    warnings.warn(
-                        f"{path}: ignored an incomplete last frame (still being written?)",
-                        stacklevel=2,
-                    )
-                frames = (
-                    ase_read(io.StringIO(text), index=":", format="extxyz") if text.strip() else []
-                )
-            else:
-                frames = ase_read(path, index=":")
-        except Exception as exc:  # ASE raises many types; say which file failed and why
-            raise ValueError(f"cannot read {path}: {exc}") from exc
-        ds = Dataset([Structure.from_atoms(a) for a in frames])
+            frames = ase_read(path, index=":")
+            ds = Dataset([_structure_of(a, path, k) for k, a in enumerate(frames)])
+            if len(ds) == 0:
+                raise ValueError(f"{path}: empty file: no frames")
+    except Exception as exc:  # ASE, sqlite and zipfile raise many types; say which file and why
+        if isinstance(exc, ValueError) and str(path) in str(exc):
+            raise
+        raise ValueError(f"cannot read {path}: {type(exc).__name__}: {exc}") from exc
     if validate:
         try:
             ds.validate(require_energy=require_energy, require_forces=require_forces)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from None
     return ds
+
+
+def _structure_of(atoms: Any, path: Path, index: int) -> Structure:
+    """Structure.from_atoms, with the file and structure index in any error."""
+    try:
+        return Structure.from_atoms(atoms)
+    except ValueError as exc:
+        raise ValueError(f"{path}: structure {index}: {exc}") from None
 
 
 class _DbSource:
@@ -128,7 +134,7 @@ class _DbSource:
 
     def get(self, i: int) -> Structure:
         row = self._db.get(id=self._ids[i])
-        s = Structure.from_atoms(row.toatoms())
+        s = _structure_of(row.toatoms(), self.path, i)
         info = dict(row.key_value_pairs)
         info.update(row.data.get("mlsim_info", {}) if row.get("data") else {})
         s.info = info
@@ -162,6 +168,20 @@ def _memmap_npz_member(path: Path, zf: zipfile.ZipFile, name: str) -> np.ndarray
     )
 
 
+def _check_atomic_numbers(path: Path, z: np.ndarray) -> None:
+    """Refuse atomic numbers outside 1..118, naming the structure (2-D z) and atom."""
+    bad = (z < 1) | (z > MAX_Z)
+    if not bad.any():
+        return
+    pos = np.unravel_index(int(np.argmax(bad)), z.shape)
+    where = (
+        f"atom {pos[0]} (of every structure)"
+        if z.ndim == 1
+        else f"structure {pos[0]}, atom {pos[1]}"
+    )
+    raise ValueError(f"{path}: {where}: atomic number {int(z[pos])} is outside 1..{MAX_Z}")
+
+
 _RMD17_KEYS = {"z": "nuclear_charges", "R": "coords", "E": "energies", "F": "forces"}
 
 
@@ -185,6 +205,7 @@ class _NpzSource:
             stored_e = str(f["energy_unit"]) if "energy_unit" in keys else None
             stored_l = str(f["length_unit"]) if "length_unit" in keys else None
             self.z = np.asarray(f[k["z"]]).astype(np.int64)
+            _check_atomic_numbers(path, self.z)
             self.E = np.asarray(f[k["E"]], dtype=np.float64).reshape(-1) if k["E"] in keys else None
             self.cell = np.asarray(f["cell"], dtype=np.float64) if "cell" in keys else None
             self.pbc = np.asarray(f["pbc"], dtype=bool) if "pbc" in keys else None
@@ -195,8 +216,10 @@ class _NpzSource:
         ):
             if given is None and stored is None:
                 raise ValueError(
-                    f"{path}: npz files carry no units; pass {kind}_unit= (e.g. energy_unit='kcal/mol', "
-                    "length_unit='angstrom' for MD17)"
+                    f"{path}: npz files carry no units and this one records no {kind} unit; pass it "
+                    f"(command line: --{kind}-unit; Python: {kind}_unit=), e.g. --energy-unit "
+                    "kcal/mol --length-unit angstrom for MD17. `mlsim data convert IN.npz OUT.npz "
+                    "--energy-unit ... --length-unit ...` writes a copy that records them."
                 )
             if given is not None and stored is not None:
                 conv = energy_factor if kind == "energy" else length_factor
@@ -416,81 +439,21 @@ def append_frames(path: str | Path, structures: Sequence[Structure]) -> None:
         os.close(fd)
 
 
-def _complete_extxyz_prefix(text: str) -> int:
-    """Return the length of the longest prefix of `text` made of complete extxyz frames."""
-    pos = 0
-    good = 0
-    size = len(text)
-    while pos < size:
-        nl = text.find("\n", pos)
-        if nl < 0:
-            break
-        head = text[pos:nl].strip()
-        if not head:  # blank line between frames
-            pos = nl + 1
-            good = pos
-            continue
-        try:
-            n = int(head)
-        except ValueError:
-            break
-        end = pos
-        ok = True
-        for _ in range(n + 2):  # count line, comment line, n atom lines
-            nl = text.find("\n", end)
-            if nl < 0:
-                ok = False
-                break
-            end = nl + 1
-        if not ok:
-            break
-        pos = good = end
-    return good
-
-
-def _complete_text(path: Path) -> tuple[str, int, int]:
-    """Return (text of the complete frames, their size in bytes on disk, file size)."""
-    raw = path.read_bytes()
-    if _is_gzip(path):
-        import zlib
-
-        chunks, pos = [], 0
-        while pos < len(raw):
-            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            try:
-                chunk = d.decompress(raw[pos:])
-            except zlib.error:
-                break
-            if not d.eof:  # torn member
-                break
-            chunks.append(chunk)
-            pos = len(raw) - len(d.unused_data)
-        text = b"".join(chunks).decode()
-        if _complete_extxyz_prefix(text) != len(text):
-            raise ValueError(f"{path}: a complete gzip member holds a broken extxyz frame")
-        return text, pos, len(raw)
-    text = raw.decode(errors="replace")
-    cut = _complete_extxyz_prefix(text)
-    return text[:cut], len(text[:cut].encode()), len(raw)
-
-
 def read_frames_repairing(path: str | Path, *, repair: bool = False) -> list[Structure]:
-    """Read the complete frames of an append-only extxyz(.gz) file, ignoring a torn last frame.
+    """Read an append-only labeller file (`mlsim label` output), accepting only a torn last frame.
 
-    With `repair` (only for the writer holding the file's lock) the torn tail is also cut off, so
-    later appends start on a frame boundary; a reader must not, as the tail may be a write in flight.
+    Anything else that is not clean extxyz is an error and the file is left alone. With `repair`
+    (only for the writer holding the file's lock) the torn frame is cut off, so later appends start
+    on a frame boundary; that needs every complete frame to carry label_index (written by mlsim
+    label). A reader must not repair: the tail may be a write in flight.
     """
-    from ase.io import read as ase_read
-
-    path = Path(path)
-    if not path.exists():
-        return []
-    text, good, size = _complete_text(path)
-    if repair and good != size:
-        with open(path, "r+b") as fh:
-            fh.truncate(good)
-    if not text.strip():
-        return []
-    return [
-        Structure.from_atoms(a) for a in ase_read(io.StringIO(text), index=":", format="extxyz")
-    ]
+    own = read_own_frames(path)
+    if repair and own.cut is not None:
+        for k, s in enumerate(own.structures):
+            if "label_index" not in s.info:
+                raise ValueError(
+                    f"{path}: frame {k} has no label_index, so the file was not written by mlsim "
+                    "label; its incomplete last frame is left as it is"
+                )
+        cut_torn_tail(path, own)
+    return own.structures

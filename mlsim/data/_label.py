@@ -1,10 +1,12 @@
 """Resumable labelling: every input structure gets a reference energy and forces exactly once.
 
 Results are appended to OUT as they finish (one write + fsync per structure), each tagged with its
-input position in info["label_index"]. A restarted run reads OUT (and the failed file), repairs a
-torn last frame a kill may have left, checks the existing records belong to this input and method,
-and labels only what is missing. Structures whose SCF fails go to a separate failed file with the
-reason, are reported, and are not retried unless asked.
+input position in info["label_index"] and the method settings (method, charge, spin, functional,
+basis, density_fit: what applies). A restarted run reads OUT (and the failed file), checks the
+existing records belong to this input and were made with the same settings, only then cuts off a
+torn last frame a kill may have left, and labels only what is missing. Any other damage, or a file
+that is not mlsim label output, is refused and left byte for byte as it is. Structures whose SCF
+fails go to a separate failed file with the reason, are reported, and are not retried unless asked.
 """
 
 from __future__ import annotations
@@ -20,12 +22,26 @@ import numpy as np
 
 from mlsim.data._backends import LabelFailure, Labeller, make_labeller
 from mlsim.data._dataset import Dataset
+from mlsim.data._extxyz import cut_torn_tail, read_own_frames
 from mlsim.data._io import append_frames, format_of, read, read_frames_repairing
 from mlsim.data._structure import Structure
 
 __all__ = ["LabelSummary", "default_failed_path", "label"]
 
 INDEX_KEY = "label_index"
+# Keys a previous labelling left in an input's info: stale for this run's labels, so dropped.
+_LABEL_KEYS = (
+    INDEX_KEY,
+    "method",
+    "program",
+    "functional",
+    "basis",
+    "density_fit",
+    "scf_newton",
+    "label_seconds",
+    "label_error",
+)
+_CASELESS = ("functional", "basis")  # pyscf reads B3LYP and b3lyp alike
 
 
 @dataclass
@@ -50,14 +66,43 @@ def default_failed_path(out: str | Path) -> Path:
     return out.with_name(f"{base}.failed{ext}{'.gz' if gz else ''}")
 
 
+def _settings_of(labeller: Labeller) -> dict[str, object]:
+    """The settings stored with every label and checked on resume (at least the method name)."""
+    settings = dict(getattr(labeller, "settings", None) or {})
+    settings.setdefault("method", labeller.name)
+    return settings
+
+
+def _same_setting(key: str, got: object, want: object) -> bool:
+    """Compare a stored setting (as read back from extxyz) with this run's."""
+    if isinstance(want, bool):
+        return isinstance(got, (bool, np.bool_)) and bool(got) == want
+    if isinstance(want, int):
+        return (
+            isinstance(got, (int, np.integer))
+            and not isinstance(got, (bool, np.bool_))
+            and (int(got) == want)
+        )
+    if key in _CASELESS:
+        return str(got).lower() == str(want).lower()
+    return str(got) == str(want)
+
+
 def _check_existing(
-    records: list[Structure], inputs: Dataset, where: Path, method: str
+    records: list[Structure], inputs: Dataset, where: Path, settings: dict[str, object]
 ) -> set[int]:
-    """Return the input indices already in `records`, after checking they match this input and method."""
+    """Return the input indices already in `records`, after checking they match this input and settings.
+
+    Records from older mlsim versions lack some settings keys; only the keys a record has are
+    compared, so their labels still resume when what they do record matches.
+    """
     done: set[int] = set()
     for k, r in enumerate(records):
         if INDEX_KEY not in r.info:
-            raise ValueError(f"{where}: record {k} has no {INDEX_KEY}; not written by mlsim label")
+            raise ValueError(
+                f"{where}: record {k} has no {INDEX_KEY}; not written by mlsim label, so it is "
+                "left as it is: choose another output file"
+            )
         i = int(r.info[INDEX_KEY])
         if i in done:
             raise ValueError(f"{where}: input structure {i} appears twice")
@@ -65,11 +110,15 @@ def _check_existing(
             raise ValueError(
                 f"{where}: record {k} refers to input {i}, beyond the {len(inputs)} inputs"
             )
-        got = r.info.get("method")
-        if got is not None and got != method:
-            raise ValueError(
-                f"{where} was labelled with {got!r}, this run uses {method!r}; choose another --out"
-            )
+        for key, want in settings.items():
+            got = r.info.get(key)
+            got = got.item() if isinstance(got, np.generic) else got  # np.int64(0) -> 0
+            if key in r.info and not _same_setting(key, got, want):
+                raise ValueError(
+                    f"{where}: {key} differs: the file was labelled with {got!r}, this "
+                    f"run uses {want!r} (record {k}); resume with the same settings or choose "
+                    "another output file"
+                )
         src = inputs[i]
         if len(src) != len(r) or not np.allclose(src.positions, r.positions, atol=1e-5):
             raise ValueError(
@@ -105,6 +154,9 @@ def label(
     spin, threads). `limit` labels only the first `limit` inputs (raise it later to continue).
     With `shuffle=SEED` the inputs are taken in a seeded random order (and `limit` counts in that
     order), so a run cut short still covers the whole input evenly, e.g. every temperature.
+    Resuming needs the same settings (method, charge, spin, functional, basis, density_fit: what
+    the labeller records); an existing OUT or failed file that is damaged (other than a torn last
+    frame, which is cut off) or not this run's is refused and left untouched.
     """
     out = Path(out)
     if format_of(out) != "extxyz":
@@ -125,7 +177,9 @@ def label(
     )
     wanted = [int(i) for i in order[:n]]
     labeller = make_labeller(method, **method_options) if isinstance(method, str) else method
+    settings = _settings_of(labeller)
     out.parent.mkdir(parents=True, exist_ok=True)
+    created = not out.exists()
     # Hold an exclusive lock on OUT for the whole run: two writers would label structures twice.
     lock_fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -133,14 +187,22 @@ def label(
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise ValueError(f"{out} is being written by another mlsim label process") from None
-        done = _check_existing(read_frames_repairing(out, repair=True), ds, out, labeller.name)
-        failed_before = _check_existing(
-            read_frames_repairing(failed, repair=True), ds, failed, labeller.name
-        )
-        if done & failed_before:
-            raise ValueError(
-                f"structures {sorted(done & failed_before)[:5]} are in both {out} and {failed}"
-            )
+        try:
+            # Read and check both files completely before changing either: a file that is not
+            # this run's (or damaged other than by a torn last append) must stay as it is.
+            own_out, own_failed = read_own_frames(out), read_own_frames(failed)
+            done = _check_existing(own_out.structures, ds, out, settings)
+            failed_before = _check_existing(own_failed.structures, ds, failed, settings)
+            if done & failed_before:
+                raise ValueError(
+                    f"structures {sorted(done & failed_before)[:5]} are in both {out} and {failed}"
+                )
+        except BaseException:
+            if created and out.stat().st_size == 0:
+                out.unlink()  # the lock made it; leave no empty output behind
+            raise
+        cut_torn_tail(out, own_out)
+        cut_torn_tail(failed, own_failed)
         skip = done if retry_failed else done | failed_before
         todo = [i for i in wanted if i not in skip]
         n_already = n - len(todo)
@@ -153,7 +215,10 @@ def label(
             ]
             from mlsim.data._io import write
 
-            write(failed, keep)
+            if keep:
+                write(failed, keep)
+            else:
+                failed.unlink()  # nothing left: no empty file (reading one is an error)
         n_ok = n_bad = 0
         bar = None
         if progress:
@@ -168,24 +233,25 @@ def label(
             )
         for i in todo:
             src = ds[i]
+            info = {k: v for k, v in src.info.items() if k not in _LABEL_KEYS}
+            info[INDEX_KEY] = i
             rec = Structure(
                 numbers=src.numbers,
                 positions=src.positions,
                 cell=src.cell,
                 pbc=src.pbc,
-                info=dict(src.info),
+                info=info,
             )
-            rec.info[INDEX_KEY] = i
             try:
                 energy, forces, extra = labeller(rec)
             except LabelFailure as exc:
-                rec.info.update({"method": labeller.name, "label_error": str(exc)})
+                rec.info.update({**settings, "label_error": str(exc)})
                 append_frames(failed, [rec])
                 n_bad += 1
                 print(f"structure {i}: {exc} -> {failed}", file=sys.stderr)
             else:
                 rec.energy, rec.forces = energy, forces
-                rec.info.update(extra)
+                rec.info.update({**settings, **extra})
                 append_frames(out, [rec])
                 n_ok += 1
             if bar is not None:

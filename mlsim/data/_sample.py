@@ -33,7 +33,9 @@ def sample(
     `start` is a Structure or ase.Atoms; `calculator` an ASE calculator or a zero-argument factory
     (called once per trajectory). Each trajectory's random stream is seeded by (seed, temperature
     index), so runs are reproducible; frames record temperature_K, seed, trajectory and time_fs.
-    Returns `n_frames` unlabelled structures per temperature, in trajectory order.
+    Returns `n_frames` structures per temperature, in trajectory order, each with the energy and
+    forces the MD calculator computed for it (info["method"] names it), so frames sampled with the
+    reference method itself need no relabelling.
     """
     from ase import units
     from ase.constraints import FixCom
@@ -84,24 +86,24 @@ def sample(
             fixcm=False,
             rng=rng,
         )
-        if n_eq:
-            dyn.run(n_eq)
-            if bar is not None:
-                bar.update(n_eq)
+        _run_steps(dyn, n_eq, bar)
         for f in range(n_frames):
-            dyn.run(every)
-            if bar is not None:
-                bar.update(every)
+            _run_steps(dyn, every, bar)
+            # The last MD step computed energy and forces at these positions: keep them (the raw
+            # calculator forces, not the FixCom-projected ones the integrator used).
             s = Structure(
                 numbers=atoms.numbers.copy(),
                 positions=atoms.positions.copy(),
                 cell=s0.cell,
                 pbc=s0.pbc,
+                energy=float(atoms.get_potential_energy()),
+                forces=np.array(atoms.get_forces(apply_constraint=False), dtype=float),
                 info={
                     "temperature_K": float(temp),
                     "seed": int(seed),
                     "trajectory": f"T{temp:g}-seed{seed}",
                     "md_calculator": calc_name,
+                    "method": calc_name,
                     "time_fs": round((n_eq + (f + 1) * every) * timestep_fs, 6),
                 },
             )
@@ -111,6 +113,15 @@ def sample(
     if bar is not None:
         bar.close()
     return Dataset(out)
+
+
+def _run_steps(dyn: Any, steps: int, bar: Any) -> None:
+    """Run `steps` MD steps, advancing the progress bar after each (equilibration included)."""
+    steps_run = dyn.irun(steps)
+    next(steps_run)  # irun yields once before the first step
+    for _ in steps_run:
+        if bar is not None:
+            bar.update(1)
 
 
 def sample_trajectory(

@@ -7,7 +7,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Structure"]
+__all__ = ["MAX_Z", "Structure"]
+
+MAX_Z = 118  # oganesson; ASE and the models have no element beyond it
 
 
 @dataclass
@@ -25,6 +27,12 @@ class Structure:
 
     def __post_init__(self) -> None:
         self.numbers = np.asarray(self.numbers, dtype=np.int64).reshape(-1)
+        bad = (self.numbers < 1) | (self.numbers > MAX_Z)
+        if bad.any():
+            # Checked here, not only in validation: Z=-1 would index chemical_symbols as "Og" and
+            # Z=119 fail with an IndexError deep in a labeller or a model.
+            k = int(np.argmax(bad))
+            raise ValueError(f"atom {k}: atomic number {self.numbers[k]} is outside 1..{MAX_Z}")
         n = len(self.numbers)
         self.positions = np.asarray(self.positions, dtype=np.float64)
         if self.positions.shape != (n, 3):

@@ -6,12 +6,11 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from mlsim.data._structure import Structure
+from mlsim.data._structure import MAX_Z, Structure
 
 __all__ = ["MIN_DISTANCE", "validate_structure", "validate_structures"]
 
 MIN_DISTANCE = 0.5  # Angstrom; closer atoms are a broken geometry or a unit mistake (nm/Bohr vs A)
-_MAX_Z = 118
 
 
 def _min_pair_distance(s: Structure, cutoff: float) -> tuple[float, int, int]:
@@ -64,7 +63,7 @@ def validate_structure(
         )
     if len(s) == 0:
         raise ValueError(f"{where}: has no atoms")
-    bad = (s.numbers < 1) | (s.numbers > _MAX_Z)
+    bad = (s.numbers < 1) | (s.numbers > MAX_Z)
     if bad.any():
         k = int(np.argmax(bad))
         raise ValueError(

@@ -149,6 +149,15 @@ def test_resume_continues_bit_for_bit(tiny, reference_run) -> None:
     )
 
 
+def _free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_torchrun_two_processes_match_single_process(tiny, reference_run) -> None:
     """2 gloo ranks (global batch 8 = 2 x 4) reproduce the single-process weights."""
     cfg = _config(tiny, "ddp")
@@ -158,7 +167,7 @@ def test_torchrun_two_processes_match_single_process(tiny, reference_run) -> Non
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
-        "--master_port=29533",
+        f"--master_port={_free_port()}",  # not a fixed one: other test runs may share the host
         "-m",
         "mlsim",
         "train",
@@ -257,3 +266,264 @@ def test_separate_validation_file_trains_on_the_whole_pool(tiny) -> None:
         split_indices(
             24, load_config(_config(tiny, "x", val_data="val.extxyz", n_val=None, n_train=30))
         )
+
+
+# --- config validation (issue #17, item 10) ----------------------------------------------------
+_PAINN = {"architecture": "painn", "hyperparameters": {"cutoff": 4.0}}
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("n_val: -3", "n_val = -3 is invalid: expected an integer >= 1, or null"),
+        ("n_val: 0", "n_val = 0 is invalid: expected an integer >= 1, or null"),
+        ("n_train: 0", "n_train = 0 is invalid: expected an integer >= 1, or null"),
+        ("epochs: 2.5", "epochs = 2.5 is invalid: expected an integer >= 1"),
+        ("epochs: [1]", r"epochs = \[1\] is invalid: expected an integer >= 1"),
+        ("epochs: true", "epochs = True is invalid: expected an integer >= 1"),
+        ("lr: 0", "lr = 0 is invalid: expected a number > 0"),
+        ("lr: -0.001", "lr = -0.001 is invalid: expected a number > 0"),
+        ("lr: fast", "lr = 'fast' is invalid: expected a number > 0"),
+        ("lr: .nan", "lr = nan is invalid: expected a number > 0"),
+        ("threads: 0", "threads = 0 is invalid: expected an integer >= 1, or null"),
+        ("threads: -2", "threads = -2 is invalid: expected an integer >= 1, or null"),
+        ("seed: -1", "seed = -1 is invalid: expected an integer >= 0"),
+        ("batch_size: 0", "batch_size = 0 is invalid: expected an integer >= 1"),
+        ("plots: 'no'", "plots = 'no' is invalid: expected true or false"),
+        ("val_fraction: 1.5", "val_fraction = 1.5 is invalid: expected a number > 0 and < 1"),
+        ("ema_decay: 1", "ema_decay = 1 is invalid: expected a number >= 0 and < 1"),
+        ("time_budget_min: 0", "time_budget_min = 0 is invalid: expected a number > 0, or null"),
+        ("early_stopping_patience: 0", "early_stopping_patience = 0 is invalid"),
+        ("grad_clip: -1", "grad_clip = -1 is invalid: expected a number >= 0"),
+        ("dtype: float16", "dtype = 'float16' is invalid: expected one of 'float32', 'float64'"),
+        ("output: 7", "output = 7 is invalid: expected a path"),
+        ("test_data: ''", "test_data = '' is invalid: expected a path"),
+        ("min_lr: 0.1", "min_lr = 0.1 is invalid: expected a number <= lr = 0.001"),
+        ("model: painn", "model = 'painn' is invalid: expected a mapping"),
+        (
+            "model: {architecture: painn, hyperparameters: {cutoff: 0}}",
+            "model.hyperparameters.cutoff = 0 is invalid: expected a number > 0",
+        ),
+        (
+            "model: {architecture: painn, hyperparameters: {cutoff: -5.0}}",
+            "model.hyperparameters.cutoff = -5.0 is invalid: expected a number > 0",
+        ),
+        (
+            "model: {architecture: ani, hyperparameters: {radial_cutoff: 0.0}}",
+            "model.hyperparameters.radial_cutoff = 0.0 is invalid: expected a number > 0",
+        ),
+        (
+            "model: {architecture: ani, hyperparameters: {hidden: [16, 0]}}",
+            r"model.hyperparameters.hidden = \[16, 0\] is invalid: expected a list of integers",
+        ),
+        (
+            "model: {architecture: painn, hyperparameters: {features: 8.5}}",
+            "model.hyperparameters.features = 8.5 is invalid: expected an integer >= 1",
+        ),
+        (
+            "model: {architecture: painn, hyperparameters: {cutof: 4}}",
+            r"model.hyperparameters \(for painn\): unknown keys \['cutof'\]",
+        ),
+        ("model: {architecture: pain}", "model.architecture = 'pain' is invalid: expected one of"),
+        ("model: {hyperparameters: {}}", "model.architecture is required"),
+        ("lr: [0.1", "not valid YAML"),
+    ],
+)
+def test_config_rejects_bad_values_naming_key_value_and_allowed(tmp_path, line, message) -> None:
+    """Every key is checked for type and range; the error names the key, the value, what is allowed."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"data: train.extxyz\n{line}\n")
+    with pytest.raises(ValueError, match=message) as err:
+        load_config(bad)
+    assert str(bad) in str(err.value)  # and the file
+
+
+def test_config_error_through_the_cli_is_one_clear_line(tmp_path, capsys) -> None:
+    """`mlsim train` with a wrongly typed value: exit 1 and the key's message, no traceback."""
+    from mlsim.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: train.extxyz\nlr: fast\n")
+    assert main(["train", str(bad), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"mlsim train: error: {bad}: lr = 'fast' is invalid: expected a number > 0" in err
+    assert "Traceback" not in err
+
+
+def test_config_yaml_numbers_are_normalised(tmp_path) -> None:
+    """PyYAML reads `1e-3` as a string and `100.0` as a float: both mean what the user wrote."""
+    cfg_path = tmp_path / "ok.yaml"
+    cfg_path.write_text("data: train.extxyz\nlr: 1e-3\nmin_lr: 1e-6\nepochs: 100.0\nn_val: 3\n")
+    cfg = load_config(cfg_path)
+    assert cfg.lr == 0.001 and isinstance(cfg.lr, float)
+    assert cfg.min_lr == 1e-6
+    assert cfg.epochs == 100 and isinstance(cfg.epochs, int)
+    assert cfg.threads is None  # torch's default thread count
+
+
+def test_config_validation_also_guards_configs_built_in_python(tiny) -> None:
+    """train() checks a TrainConfig made without load_config before doing anything."""
+    from mlsim.train import TrainConfig
+
+    cfg = TrainConfig(data=str(tiny / "train.extxyz"), output=str(tiny / "pyneg"), n_val=-2)
+    with pytest.raises(ValueError, match="n_val = -2 is invalid"):
+        train(cfg, progress=False)
+    assert not (tiny / "pyneg" / "checkpoint.pt").exists()
+
+
+def test_config_schema_lists_every_key_once() -> None:
+    """SCHEMA is the one list of keys: every TrainConfig field, with a type, a rule and a doc line."""
+    import dataclasses
+
+    from mlsim.train import TrainConfig, config_reference
+    from mlsim.train._config import HYPERPARAMETERS, SCHEMA, hyperparameter_defaults
+
+    assert list(SCHEMA) == [f.name for f in dataclasses.fields(TrainConfig)]
+    for name, opt in SCHEMA.items():
+        assert opt.kind and opt.doc and opt.allowed(), name
+        assert opt.resume in ("fixed", "free"), name
+    assert SCHEMA["lr"].resume == "fixed" and SCHEMA["epochs"].resume == "free"
+    # Every constructor option of each architecture has a rule (and nothing else does).
+    for arch, table in HYPERPARAMETERS.items():
+        assert set(table) == set(hyperparameter_defaults(arch)), arch
+    rows = config_reference()
+    keys = [r["key"] for r in rows]
+    assert "lr" in keys and "model.hyperparameters.cutoff (painn)" in keys
+    assert "base_dir" not in keys
+    lr = next(r for r in rows if r["key"] == "lr")
+    assert lr == {
+        "key": "lr",
+        "type": "float",
+        "default": "0.001",
+        "allowed": "a number > 0",
+        "description": SCHEMA["lr"].doc,
+        "on_resume": "fixed",
+    }
+
+
+# --- --resume compares the new config with the checkpoint's --------------------------------------
+def test_resume_rejects_changed_settings_and_logs_allowed_changes(tiny, capsys) -> None:
+    """lr/batch_size/model changes are refused with old -> new values; a new epoch limit is logged."""
+    cfg = load_config(_config(tiny, "changes"))
+    train(cfg, progress=False, stop_after_epochs=1)
+    before = (tiny / "changes" / "checkpoint.pt").read_bytes()
+    changed = load_config(
+        _config(
+            tiny,
+            "changes",
+            lr=0.01,
+            batch_size=4,
+            model={
+                "architecture": "painn",
+                "hyperparameters": {
+                    "features": 8,
+                    "num_interactions": 1,
+                    "num_rbf": 6,
+                    "cutoff": 4.5,
+                },
+            },
+        )
+    )
+    with pytest.raises(ValueError, match="cannot resume") as err:
+        train(changed, resume=True, progress=False)
+    msg = str(err.value)
+    assert "lr: 0.005 -> 0.01" in msg
+    assert "batch_size: 8 -> 4" in msg
+    assert "model.hyperparameters.cutoff: 4.0 -> 4.5" in msg
+    assert "epochs" not in msg and str(tiny / "changes" / "checkpoint.pt") in msg
+    assert (tiny / "changes" / "checkpoint.pt").read_bytes() == before  # untouched
+    # Through the command line: one clear line, exit status 1.
+    from mlsim.cli import main
+
+    capsys.readouterr()
+    assert main(["train", str(tiny / "changes.yaml"), "--resume", "--no-progress"]) == 1
+    assert "lr: 0.005 -> 0.01" in capsys.readouterr().err
+    # A setting that may change (the epoch limit) is allowed, and logged in train.log and stderr.
+    more = load_config(_config(tiny, "changes", epochs=2))
+    summary = train(more, resume=True, progress=False)
+    assert summary["epochs"] == 2
+    log = (tiny / "changes" / "train.log").read_text()
+    assert "changed settings (old -> new): epochs: 4 -> 2" in log
+    assert "epochs: 4 -> 2" in capsys.readouterr().err
+    # The same data file named by its absolute path is no change; another file is.
+    same = load_config(_config(tiny, "changes", epochs=2, data=str(tiny / "train.extxyz")))
+    assert train(same, resume=True, progress=False)["epochs"] == 2
+    (tiny / "copy.extxyz").write_text((tiny / "train.extxyz").read_text())
+    other = load_config(_config(tiny, "changes", epochs=2, data="copy.extxyz"))
+    with pytest.raises(ValueError, match="data: 'train.extxyz' -> 'copy.extxyz'"):
+        train(other, resume=True, progress=False)
+
+
+def test_resume_rejects_a_new_epoch_count_under_the_cosine_schedule(tiny) -> None:
+    """Cosine is laid out over `epochs`: changing it on resume would silently keep the old length."""
+    cfg = load_config(_config(tiny, "cos", schedule="cosine"))
+    train(cfg, progress=False, stop_after_epochs=1)
+    with pytest.raises(ValueError, match="epochs: 4 -> 6"):
+        train(load_config(_config(tiny, "cos", schedule="cosine", epochs=6)), resume=True)
+
+
+# --- data files are checked before training starts ----------------------------------------------
+def test_data_paths_are_checked_before_training(tiny, capsys) -> None:
+    """A typo in test_data (or val_data, data) fails at once, naming the key, not after the run."""
+    from mlsim.cli import main
+
+    missing = load_config(_config(tiny, "typo", test_data="tset.extxyz"))
+    with pytest.raises(FileNotFoundError, match="test_data: data file .*tset.extxyz not found"):
+        train(missing, progress=False)
+    assert not (tiny / "typo" / "checkpoint.pt").exists()  # nothing was trained
+    assert main(["train", str(tiny / "typo.yaml"), "--no-progress"]) == 1
+    assert "test_data: data file" in capsys.readouterr().err
+
+    (tiny / "garbage.extxyz").write_text("this is not\nan extxyz file\n")
+    bad_val = load_config(_config(tiny, "badval", val_data="garbage.extxyz", n_val=None))
+    with pytest.raises(ValueError, match="val_data: cannot read .*garbage.extxyz as extxyz"):
+        train(bad_val, progress=False)
+    assert not (tiny / "badval" / "checkpoint.pt").exists()
+
+    (tiny / "cut.extxyz").write_text((tiny / "test.extxyz").read_text()[:150])
+    cut = load_config(_config(tiny, "cut", test_data="cut.extxyz"))
+    with pytest.raises(ValueError, match="test_data: cannot read .*cut.extxyz.*first frame ends"):
+        train(cut, progress=False)
+    no_data = load_config(_config(tiny, "nodata", data="trian.extxyz"))
+    with pytest.raises(FileNotFoundError, match="^data: data file .*trian.extxyz not found"):
+        train(no_data, progress=False)
+
+
+# --- item 13: a time budget that ends training before the lr decayed ----------------------------
+def test_time_budget_before_lr_decay_warns(tiny, reference_run, capsys) -> None:
+    """The under-trained warning goes to stderr, train.log and summary.json; a full run has none."""
+    cfg = load_config(_config(tiny, "budget", time_budget_min=1e-6, epochs=50))
+    capsys.readouterr()
+    summary = train(cfg, progress=False)
+    assert summary["stop_reason"] == "time_budget" and summary["epochs"] == 1
+    assert len(summary["warnings"]) == 1
+    warning = summary["warnings"][0]
+    assert "before the learning rate decayed" in warning and "under-trained" in warning
+    assert "lr = 0.005" in warning and "time_budget_min" in warning
+    assert "mlsim train: warning: the time budget" in capsys.readouterr().err
+    assert "warning: the time budget" in (tiny / "budget" / "train.log").read_text()
+    on_disk = json.loads((tiny / "budget" / "summary.json").read_text())
+    assert on_disk["warnings"] == [warning] and on_disk["final_lr"] == 0.005
+    assert json.loads((reference_run / "summary.json").read_text())["warnings"] == []
+    # Cosine decays every epoch, but one epoch of fifty is far from annealed: also a warning.
+    cos = load_config(
+        _config(tiny, "budget_cos", schedule="cosine", time_budget_min=1e-6, epochs=50)
+    )
+    (cos_warning,) = train(cos, progress=False)["warnings"]
+    assert "the cosine schedule over 50 epochs is less than half done" in cos_warning
+
+
+@pytest.mark.parametrize("ext", ["extxyz", "extxyz.gz", "npz", "db", "traj"])
+def test_data_file_check_accepts_every_format_and_names_the_key(tmp_path, ext) -> None:
+    """The pre-training check reads every format mlsim writes and rejects garbage, naming the key."""
+    from mlsim.train._trainer import _check_data_file
+
+    good = tmp_path / f"good.{ext}"
+    write(good, _emt_structures(2, 5))
+    _check_data_file("val_data", good)
+    bad = tmp_path / f"bad.{ext}"
+    bad.write_bytes(b"hello world\n" * 3)
+    with pytest.raises(ValueError, match=rf"^val_data: cannot read {bad} as \w+: "):
+        _check_data_file("val_data", bad)
+    with pytest.raises(FileNotFoundError, match="^val_data: data file .* not found"):
+        _check_data_file("val_data", tmp_path / f"missing.{ext}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 NAME = "train"
 HELP = "Train a neural network potential from a YAML config (data, model, loss, schedule)."
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, train, print the summary as JSON."""
-    from mlsim.train import load_config, train
+    from mlsim.train import OutputWriteError, load_config, train
 
     overrides = {}
     if args.output:
@@ -37,7 +38,13 @@ def run(args: argparse.Namespace) -> int:
     if args.time_budget_min is not None:
         overrides["time_budget_min"] = args.time_budget_min
     cfg = load_config(args.config, overrides)
-    summary = train(cfg, resume=args.resume, progress=not args.no_progress)
+    try:
+        summary = train(cfg, resume=args.resume, progress=not args.no_progress)
+    except OutputWriteError as exc:
+        # Disk full / quota / size limit while writing a checkpoint or result: a clear line and
+        # a non-zero exit, not a traceback (the message says which file and what was kept).
+        print(f"mlsim train: error: {exc}", file=sys.stderr)
+        return 1
     if summary.get("world_size", 1) == 1 or int(__import__("os").environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=1))
     return 0

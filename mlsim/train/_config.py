@@ -1,49 +1,181 @@
-"""Training configuration: a YAML file, validated into a dataclass with documented defaults."""
+"""Training configuration: a YAML file, checked against one schema, into a dataclass.
+
+Every key is declared once, as a field of `TrainConfig` carrying its default and an `Option`: its
+allowed range or choices, a one-line description and whether it may change on `--resume`. The type
+comes from the field's annotation. `SCHEMA` collects them; validation, the error messages, the
+`--resume` comparison and `config_reference()` (the rows of the config reference docs) all read
+it, so a rule is never written twice. Model hyper-parameters have their own table,
+`HYPERPARAMETERS`, per architecture.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+import os
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TrainConfig", "load_config"]
+__all__ = [
+    "HYPERPARAMETERS",
+    "MODEL_KEYS",
+    "SCHEMA",
+    "Option",
+    "TrainConfig",
+    "config_reference",
+    "hyperparameter_defaults",
+    "load_config",
+    "resume_changes",
+]
+
+
+@dataclass(frozen=True)
+class Option:
+    """The rules for one config key: type, range or choices, meaning, and whether --resume may change it."""
+
+    doc: str  # one line, for error messages and the reference docs
+    kind: str = ""  # int, float, bool, str, path, mapping, int_list (filled from the annotation)
+    nullable: bool = False  # null (None) allowed; `doc` says what it means
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    choices: tuple[str, ...] | None = None
+    # "fixed": must equal the checkpoint's value on --resume (it shapes the run so far);
+    # "free": may change on --resume (stop criteria, output, evaluation-only settings), logged.
+    resume: str = "fixed"
+    default: Any = None
+
+    def allowed(self) -> str:
+        """What the key accepts, in words: 'an integer >= 1, or null'."""
+        noun = {
+            "int": "an integer",
+            "float": "a number",
+            "bool": "true or false",
+            "str": "a string",
+            "path": "a path (relative to the config file)",
+            "mapping": "a mapping",
+            "int_list": "a list of integers",
+        }[self.kind]
+        if self.choices is not None:
+            noun = "one of " + ", ".join(repr(c) for c in self.choices)
+        bounds = [
+            f"{op} {_fmt(v)}"
+            for op, v in ((">", self.gt), (">=", self.ge), ("<", self.lt), ("<=", self.le))
+            if v is not None
+        ]
+        if bounds:
+            noun += (" with each " if self.kind == "int_list" else " ") + " and ".join(bounds)
+        return noun + (", or null" if self.nullable else "")
+
+
+def _fmt(v: float) -> str:
+    """A bound as the user would write it (1 rather than 1.0)."""
+    return str(int(v)) if float(v).is_integer() else repr(v)
+
+
+def _key(default: Any, doc: str, *, factory: Any = None, **rules: Any) -> Any:
+    """A TrainConfig field with its schema entry (see Option) in the field's metadata."""
+    meta = {"option": Option(doc=doc, **rules)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+_REQUIRED = dataclasses.MISSING
 
 
 @dataclass
 class TrainConfig:
     """Everything `mlsim train` needs; paths are resolved relative to the YAML file."""
 
-    data: str  # training pool (any format mlsim.data reads); split into train/val below
-    output: str = "run"  # folder for checkpoint.pt, log.csv, model.pt, plots
-    test_data: str | None = None  # optional held-out file, evaluated once at the end
-    seed: int = 0
-    n_train: int | None = None  # None: everything not in validation
-    val_fraction: float = 0.1
-    n_val: int | None = None  # overrides val_fraction
-    val_data: str | None = None  # separate validation file: then the whole pool trains
-    model: dict[str, Any] = field(default_factory=lambda: {"architecture": "ani"})
-    ensemble: int = 1  # members trained side by side from different initial weights
-    energy_weight: float = 1.0  # weight of mean (dE per atom)^2, eV^2
-    forces_weight: float = 10.0  # weight of mean (dF component)^2, (eV/A)^2
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    schedule: str = "plateau"  # "plateau" (on val force MAE) or "cosine" (over `epochs`)
-    plateau_factor: float = 0.5
-    plateau_patience: int = 10
-    min_lr: float = 1e-5
-    ema_decay: float = 0.99  # 0 disables the exponential moving average of weights
-    batch_size: int = 32  # global batch (split over ranks under torchrun)
-    eval_batch_size: int = 128
-    epochs: int = 100
-    time_budget_min: float | None = None  # stop (and finish normally) after this much training
-    early_stopping_patience: int = 50  # epochs without val force MAE improvement
-    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
-    dtype: str = "float32"
-    device: str = "cpu"  # "cuda" trains on the GPU (cuda:LOCAL_RANK under torchrun, nccl)
-    grad_clip: float = 10.0
-    plots: bool = True
-    base_dir: str = "."  # set by load_config: the YAML file's folder
+    data: str = _key(
+        _REQUIRED,
+        "training pool (any format mlsim.data reads); split into train/validation",
+        kind="path",
+    )
+    output: str = _key(
+        "run",
+        "folder for checkpoint.pt, log.csv, train.log, model.pt, summary.json, plots",
+        kind="path",
+        resume="free",
+    )
+    test_data: str | None = _key(
+        None,
+        "held-out file evaluated once at the end (null: none)",
+        kind="path",
+        resume="free",
+    )
+    seed: int = _key(0, "seed of the split, the initial weights and the batch order", ge=0)
+    n_train: int | None = _key(
+        None, "train on a seeded subset of this size (null: all not in validation)", ge=1
+    )
+    val_fraction: float = _key(
+        0.1, "fraction of the pool held out for validation (unless n_val/val_data)", gt=0, lt=1
+    )
+    n_val: int | None = _key(
+        None, "number of pool structures held out for validation; overrides val_fraction", ge=1
+    )
+    val_data: str | None = _key(
+        None, "separate validation file; then the whole pool trains (null: split)", kind="path"
+    )
+    model: dict[str, Any] = _key(
+        None,
+        "architecture and hyperparameters (see MODEL_KEYS, HYPERPARAMETERS)",
+        factory=lambda: {"architecture": "ani"},
+    )
+    ensemble: int = _key(1, "members trained side by side from different initial weights", ge=1)
+    energy_weight: float = _key(1.0, "loss weight of mean (dE per atom)^2, eV^2", ge=0)
+    forces_weight: float = _key(10.0, "loss weight of mean (dF component)^2, (eV/A)^2", ge=0)
+    lr: float = _key(1e-3, "initial (peak) learning rate of AdamW", gt=0)
+    weight_decay: float = _key(0.0, "AdamW weight decay", ge=0)
+    schedule: str = _key(
+        "plateau",
+        "lr schedule: 'plateau' (on val force MAE) or 'cosine' (over `epochs`)",
+        choices=("plateau", "cosine"),
+    )
+    plateau_factor: float = _key(0.5, "plateau schedule: lr multiplier on a plateau", gt=0, lt=1)
+    plateau_patience: int = _key(
+        10, "plateau schedule: epochs without improvement before lr drops", ge=0
+    )
+    min_lr: float = _key(1e-5, "lower bound of the lr schedule (<= lr)", ge=0)
+    ema_decay: float = _key(
+        0.99, "exponential moving average of the weights (0 disables it)", ge=0, lt=1
+    )
+    batch_size: int = _key(32, "global batch (split over ranks under torchrun)", ge=1)
+    eval_batch_size: int = _key(128, "batch for validation/test predictions", ge=1, resume="free")
+    epochs: int = _key(100, "maximum number of epochs", ge=1, resume="free")
+    time_budget_min: float | None = _key(
+        None,
+        "stop (and finish normally) after this much training, minutes (null: no limit)",
+        gt=0,
+        resume="free",
+    )
+    early_stopping_patience: int = _key(
+        50, "stop after this many epochs without val improvement", ge=1, resume="free"
+    )
+    threads: int | None = _key(
+        None, "torch intra-op threads (null: torch's default)", ge=1, resume="free"
+    )
+    dtype: str = _key("float32", "floating-point precision", choices=("float32", "float64"))
+    device: str = _key(
+        "cpu",
+        "'cuda' trains on the GPU (cuda:LOCAL_RANK under torchrun)",
+        choices=("cpu", "cuda"),
+        resume="free",
+    )
+    grad_clip: float = _key(10.0, "gradient-norm clipping threshold (0 disables it)", ge=0)
+    plots: bool = _key(True, "write parity.png and learning_curve.png", resume="free")
+    base_dir: str = _key(
+        ".",
+        "set by load_config: the YAML file's folder (paths resolve from it)",
+        kind="path",
+        resume="free",
+    )
 
     def path(self, p: str) -> Path:
         """Resolve a path from the config relative to the config file."""
@@ -51,29 +183,200 @@ class TrainConfig:
         return q if q.is_absolute() else Path(self.base_dir) / q
 
     def validate(self) -> None:
-        """Raise ValueError for inconsistent settings."""
-        if self.schedule not in ("plateau", "cosine"):
-            raise ValueError(f"schedule must be 'plateau' or 'cosine', not {self.schedule!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be float32 or float64, not {self.dtype!r}")
-        if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', not {self.device!r}")
-        if self.batch_size < 1 or self.epochs < 1 or self.ensemble < 1:
-            raise ValueError("batch_size, epochs and ensemble must be >= 1")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError("ema_decay must be in [0, 1)")
-        if self.val_data and self.n_val is not None:
-            raise ValueError("set either val_data (a validation file) or n_val (a split), not both")
-        if not 0.0 < self.val_fraction < 1.0 and self.n_val is None:
-            raise ValueError("val_fraction must be in (0, 1)")
-        if (
-            self.energy_weight < 0
-            or self.forces_weight < 0
-            or self.energy_weight + self.forces_weight == 0
-        ):
-            raise ValueError("loss weights must be >= 0 and not both zero")
-        if "architecture" not in self.model:
-            raise ValueError("model.architecture is required (ani or painn)")
+        """Check every key against SCHEMA (in place: 1 -> 1.0); ValueError naming key, value and what is allowed."""
+        for name, opt in SCHEMA.items():
+            setattr(self, name, check_value(name, opt, getattr(self, name)))
+        self.model = _check_model(self.model)
+        for keys, ok, message in _RULES:
+            values = [getattr(self, k) for k in keys]
+            if not ok(*values):
+                raise ValueError(message.format(*values))
+
+
+def _kind_of(hint: Any) -> tuple[str, bool]:
+    """(kind, nullable) from a field's type annotation."""
+    args = typing.get_args(hint)
+    nullable = type(None) in args
+    if nullable:
+        hint = next(a for a in args if a is not type(None))
+    base = typing.get_origin(hint) or hint
+    kind = {int: "int", float: "float", bool: "bool", str: "str", dict: "mapping"}[base]
+    return kind, nullable
+
+
+def _build_schema() -> dict[str, Option]:
+    """SCHEMA from TrainConfig's fields: the Option in each field plus its annotation and default."""
+    hints = typing.get_type_hints(TrainConfig)
+    schema = {}
+    for f in dataclasses.fields(TrainConfig):
+        opt: Option = f.metadata["option"]
+        kind, nullable = _kind_of(hints[f.name])
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = _REQUIRED
+        schema[f.name] = dataclasses.replace(
+            opt, kind=opt.kind or kind, nullable=nullable, default=default
+        )
+    return schema
+
+
+SCHEMA: dict[str, Option] = _build_schema()
+
+MODEL_KEYS: dict[str, Option] = {
+    "architecture": Option("the network: 'ani' or 'painn'", kind="str", choices=("ani", "painn")),
+    "hyperparameters": Option(
+        "architecture options (see HYPERPARAMETERS); null: defaults", kind="mapping", nullable=True
+    ),
+}
+
+# Per architecture: every constructor option a config may set (energy_scale and the elements are
+# set by the trainer from the data). tests/test_train.py checks this against the constructors.
+HYPERPARAMETERS: dict[str, dict[str, Option]] = {
+    "painn": {
+        "cutoff": Option("interaction cutoff radius, Angstrom", kind="float", gt=0),
+        "features": Option("width of the atom features", kind="int", ge=1),
+        "num_interactions": Option("message-passing layers", kind="int", ge=1),
+        "num_rbf": Option("radial basis functions", kind="int", ge=1),
+    },
+    "ani": {
+        "radial_cutoff": Option("radial AEV cutoff, Angstrom", kind="float", gt=0),
+        "angular_cutoff": Option("angular AEV cutoff, Angstrom", kind="float", gt=0),
+        "radial_start": Option("first radial shift, Angstrom", kind="float", ge=0),
+        "radial_eta": Option("radial Gaussian width parameter", kind="float", gt=0),
+        "radial_num_shifts": Option("radial shifts", kind="int", ge=1),
+        "angular_start": Option("first angular radial shift, Angstrom", kind="float", ge=0),
+        "angular_eta": Option("angular Gaussian width parameter", kind="float", gt=0),
+        "angular_zeta": Option("angular sharpness", kind="float", gt=0),
+        "angular_num_shifts": Option("angular radial shifts", kind="int", ge=1),
+        "angular_num_sections": Option("angular sections", kind="int", ge=1),
+        "hidden": Option("hidden layer widths of the element networks", kind="int_list", ge=1),
+        "celu_alpha": Option("CELU activation alpha", kind="float", gt=0),
+    },
+}
+
+# Rules between keys: (keys, check on their values, message formatted with the values).
+_RULES: list[tuple[tuple[str, ...], Any, str]] = [
+    (
+        ("val_data", "n_val"),
+        lambda val_data, n_val: not (val_data and n_val is not None),
+        "set either val_data (a validation file) or n_val (a split), not both "
+        "(val_data = {0!r}, n_val = {1!r})",
+    ),
+    (
+        ("energy_weight", "forces_weight"),
+        lambda e, f: e + f > 0,
+        "energy_weight = {0!r} and forces_weight = {1!r}: the loss weights cannot both be 0",
+    ),
+    (
+        ("min_lr", "lr"),
+        lambda min_lr, lr: min_lr <= lr,
+        "min_lr = {0!r} is invalid: expected a number <= lr = {1!r} (the schedule only lowers lr)",
+    ),
+]
+
+# A number PyYAML leaves as a string: YAML 1.1 reads `1e-3` (no dot, no sign) as text.
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def check_value(name: str, opt: Option, value: Any) -> Any:
+    """`value` checked against `opt` and normalised (3 -> 3.0 for a number); ValueError naming `name`."""
+
+    def bad() -> ValueError:
+        return ValueError(
+            f"{name} = {value!r} is invalid: expected {opt.allowed()}. {name}: {opt.doc}"
+        )
+
+    if value is None:
+        if opt.nullable:
+            return None
+        raise bad()
+    kind = opt.kind
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if kind == "path" and isinstance(value, os.PathLike):
+        value = os.fspath(value)  # Python callers pass pathlib.Path
+    if kind in ("str", "path"):
+        if not isinstance(value, str) or not value.strip():
+            raise bad()
+        if opt.choices is not None and value not in opt.choices:
+            raise bad()
+        return value
+    if kind == "mapping":
+        if not isinstance(value, dict):
+            raise bad()
+        return value
+    if kind == "int_list":
+        if not isinstance(value, (list, tuple)) or not value:
+            raise bad()
+        items = [_number(v, "int") for v in value]
+        if any(v is None or not _in_range(v, opt) for v in items):
+            raise bad()
+        return items
+    number = _number(value, kind)
+    if number is None or not _in_range(number, opt):
+        raise bad()
+    return number
+
+
+def _number(value: Any, kind: str) -> int | float | None:
+    """`value` as an int (kind 'int') or a finite float, or None when it is not one."""
+    if isinstance(value, bool):  # bool is an int subclass; `epochs: true` is a mistake
+        return None
+    if isinstance(value, str) and kind == "float" and _FLOAT_TEXT.fullmatch(value.strip()):
+        value = float(value)
+    if isinstance(value, numbers.Integral):  # also NumPy integers from Python callers
+        return int(value) if kind == "int" else float(value)
+    if isinstance(value, numbers.Real) and math.isfinite(value):
+        value = float(value)
+        if kind == "float":
+            return value
+        return int(value) if value.is_integer() else None  # 100.0 epochs is fine, 2.5 is not
+    return None
+
+
+def _in_range(v: float, opt: Option) -> bool:
+    """Whether `v` satisfies the bounds of `opt`."""
+    return (
+        (opt.gt is None or v > opt.gt)
+        and (opt.ge is None or v >= opt.ge)
+        and (opt.lt is None or v < opt.lt)
+        and (opt.le is None or v <= opt.le)
+    )
+
+
+def _check_model(model: dict[str, Any]) -> dict[str, Any]:
+    """The `model` mapping checked against MODEL_KEYS and the architecture's HYPERPARAMETERS."""
+    _unknown("model", model, MODEL_KEYS)
+    if "architecture" not in model:
+        raise ValueError("model.architecture is required (one of 'ani', 'painn')")
+    out = dict(model)
+    arch_opt = MODEL_KEYS["architecture"]
+    arch = model["architecture"]
+    # build_model ignores case, so configs that say `PaiNN` keep working.
+    if not isinstance(arch, str) or arch.lower() not in (arch_opt.choices or ()):
+        raise ValueError(f"model.architecture = {arch!r} is invalid: expected {arch_opt.allowed()}")
+    hp = check_value(
+        "model.hyperparameters", MODEL_KEYS["hyperparameters"], model.get("hyperparameters")
+    )
+    if hp is not None:
+        table = HYPERPARAMETERS[arch.lower()]
+        _unknown(f"model.hyperparameters (for {arch})", hp, table)
+        out["hyperparameters"] = {
+            k: check_value(f"model.hyperparameters.{k}", table[k], v) for k, v in hp.items()
+        }
+    return out
+
+
+def _unknown(where: str, given: dict[str, Any], valid: dict[str, Any]) -> None:
+    """ValueError for keys of `given` that `valid` does not list (usually typos)."""
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; valid keys: {sorted(valid)}")
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -83,19 +386,129 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: the config must be a mapping of keys to values")
     raw.update(overrides or {})
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(raw) - names)
+    names = set(SCHEMA)
+    unknown = sorted(set(raw) - names, key=str)
     if unknown:
         raise ValueError(
             f"{path}: unknown config keys {unknown}; valid keys: {sorted(names - {'base_dir'})}"
         )
-    if "data" not in raw:
+    if raw.get("data") is None:
         raise ValueError(f"{path}: 'data' (the training data file) is required")
     raw.setdefault("base_dir", str(path.resolve().parent))
     cfg = TrainConfig(**raw)
-    cfg.validate()
+    try:
+        cfg.validate()
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     return cfg
+
+
+def _flat(prefix: str, value: Any) -> dict[str, Any]:
+    """Nested mappings as dotted keys, so a difference names `model.hyperparameters.cutoff`."""
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flat(f"{prefix}.{k}", v))
+        return out
+    return {prefix: value}
+
+
+def resume_changes(old: dict[str, Any], new: TrainConfig) -> tuple[list[str], list[str]]:
+    """(forbidden, allowed) differences 'key: old -> new' between a checkpoint's config and `new`.
+
+    Keys marked resume="fixed" in SCHEMA shaped the run so far (data, model, optimiser, schedule)
+    and must not change; "free" ones (stop criteria, output, evaluation) may. A key the old
+    config lacks (written by an older mlsim) is compared with its default.
+    """
+    forbidden: list[str] = []
+    allowed: list[str] = []
+    for name, opt in SCHEMA.items():
+        before = old.get(name, opt.default)
+        after = getattr(new, name)
+        with_ok = opt.resume == "free"
+        # The cosine schedule is laid out over `epochs` when the run starts: a new count would
+        # not stretch it (the restored scheduler keeps the old length), so it cannot change.
+        if name == "epochs" and new.schedule == "cosine":
+            with_ok = False
+        if opt.kind == "path" and name != "base_dir" and before and after and before != after:
+            # The same file written differently (relative vs absolute, config moved) is no change.
+            old_base = Path(old.get("base_dir") or ".")
+            if _resolved(old_base, before) == _resolved(Path(new.base_dir), after):
+                continue
+        a, b = _flat(name, before), _flat(name, after)
+        for k in sorted(set(a) | set(b)):
+            va, vb = a.get(k, _UNSET), b.get(k, _UNSET)
+            if va != vb:
+                (allowed if with_ok else forbidden).append(f"{k}: {_show(va)} -> {_show(vb)}")
+    return forbidden, allowed
+
+
+_UNSET = object()
+
+
+def _resolved(base: Path, p: str) -> Path:
+    """A config path as an absolute path (relative ones are relative to the config's folder)."""
+    q = Path(p).expanduser()
+    return (q if q.is_absolute() else base / q).resolve()
+
+
+def _show(v: Any) -> str:
+    """A config value in a difference listing."""
+    return "(unset)" if v is _UNSET else repr(v)
+
+
+def config_reference() -> list[dict[str, str]]:
+    """One row per config key (name, type, default, allowed, description, on --resume): the reference docs' table."""
+    rows = []
+    for name, opt in SCHEMA.items():
+        if name == "base_dir":
+            continue  # internal
+        rows.append(_row(name, opt))
+    rows.append(_row("model.architecture", MODEL_KEYS["architecture"], "required"))
+    rows.append(_row("model.hyperparameters", MODEL_KEYS["hyperparameters"], "None"))
+    for arch, table in HYPERPARAMETERS.items():
+        defaults = hyperparameter_defaults(arch)
+        for name, opt in table.items():
+            rows.append(
+                _row(f"model.hyperparameters.{name} ({arch})", opt, defaults.get(name, "?"))
+            )
+    return rows
+
+
+def hyperparameter_defaults(arch: str) -> dict[str, str]:
+    """The architecture's constructor options a config may set, with their defaults (as text)."""
+    import inspect
+
+    from mlsim.models import ANIModel, PaiNNModel
+
+    cls = {"ani": ANIModel, "painn": PaiNNModel}[arch]
+    return {
+        name: repr(p.default)
+        for name, p in inspect.signature(cls.__init__).parameters.items()
+        if name not in _SET_BY_TRAINER and p.default is not inspect.Parameter.empty
+    }
+
+
+# Constructor options the trainer sets from the data, never from the config.
+_SET_BY_TRAINER = {"self", "elements", "self_energies", "energy_scale"}
+
+
+def _row(name: str, opt: Option, default: str | None = None) -> dict[str, str]:
+    """A config_reference() row; `default` overrides the text of the default."""
+    if default is None:
+        default = "required" if opt.default is _REQUIRED else repr(opt.default)
+    return {
+        "key": name,
+        "type": opt.kind,
+        "default": default,
+        "allowed": opt.allowed(),
+        "description": opt.doc,
+        "on_resume": "may change" if opt.resume == "free" else "fixed",
+    }

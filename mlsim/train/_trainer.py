@@ -20,6 +20,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mlsim._fileio import atomic_path, write_text
+from mlsim._fileio import atomic_path, atomic_write, write_text
 from mlsim.models import (
     Ensemble,
     build_model,
@@ -37,11 +38,23 @@ from mlsim.models import (
     save_model,
 )
 from mlsim.train._batching import Batch, TensorData
-from mlsim.train._config import TrainConfig
+from mlsim.train._config import TrainConfig, resume_changes
 from mlsim.train._ema import EMA
 from mlsim.train._evaluate import metrics_from_predictions, predict
 
-__all__ = ["read_structures", "split_indices", "train"]
+__all__ = ["CheckpointError", "OutputWriteError", "read_structures", "split_indices", "train"]
+
+CHECKPOINT_FORMAT = "mlsim-checkpoint/1"
+_CHECKPOINT_KEYS = ("spec", "train_idx", "model", "optimizer", "scheduler", "ema", "state", "rng")
+
+
+class OutputWriteError(OSError):
+    """A training output (checkpoint, log, model) could not be written: disk full, quota, size limit."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed: truncated, corrupt, or from a different run."""
+
 
 LOG_FIELDS = [
     "epoch",
@@ -97,13 +110,203 @@ def _stop_reason(state: dict[str, Any], cfg: TrainConfig) -> str | None:
 
 def _atomic_save(obj: Any, path: Path) -> None:
     """torch.save through mlsim's atomic writer (never a half-written file)."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    # Serialised in memory first: a failed write then surfaces as Python's OSError with its errno
+    # (EFBIG, ENOSPC) instead of torch's errno-less "file write failed".
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with atomic_write(path, "wb") as fh:
+        fh.write(buf.getbuffer())
 
 
 def _atomic_text(text: str, path: Path) -> None:
     """Write text atomically."""
     write_text(path, text)
+
+
+def _why(exc: BaseException) -> str:
+    """Why a write failed, in one line (the OS error when there is one)."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"{os.strerror(exc.errno)} (errno {exc.errno})"
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
+
+
+def _is_write_failure(exc: BaseException) -> bool:
+    """An OS error, or torch's C++ writer failing (a RuntimeError that carries no errno)."""
+    if isinstance(exc, OSError):
+        return True
+    text = f"{exc} {exc.__context__ or ''}".lower()
+    return "write failed" in text or "failed writing" in text
+
+
+def _write_output(
+    what: str, path: Path, write: Callable[..., Any], *args: Any, after: str = ""
+) -> None:
+    """Run `write(*args)`; a failure becomes OutputWriteError naming the file (the old one is kept)."""
+    try:
+        write(*args)
+    except (OSError, RuntimeError) as exc:
+        if not _is_write_failure(exc):
+            raise  # e.g. a TorchScript error in save_model: not a disk problem
+        raise OutputWriteError(
+            f"cannot write the {what} {path}: {_why(exc)} (disk full, quota or file-size limit?); "
+            f"nothing half-written was left behind{after}"
+        ) from exc
+
+
+class _RunLog:
+    """Events of a run in words (OUTPUT/train.log, kept across resumes) and on stderr.
+
+    log.csv has one row per epoch; this file holds what happened around them: resumes, changed
+    settings, warnings, why training stopped.
+    """
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path = path
+        self.enabled = enabled
+
+    def info(self, message: str) -> None:
+        """Record an event."""
+        self._add("info", message)
+
+    def warning(self, message: str) -> None:
+        """Record a warning (also printed on stderr as 'warning: ...')."""
+        self._add("warning", message)
+
+    def _add(self, level: str, message: str) -> None:
+        if not self.enabled:
+            return
+        prefix = "mlsim train: warning: " if level == "warning" else "mlsim train: "
+        print(prefix + message, file=sys.stderr, flush=True)
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {level}: {message}\n"
+        old = self.path.read_text() if self.path.exists() else ""
+        _write_output("log", self.path, write_text, self.path, old + line)
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint for --resume; CheckpointError saying what to do when it is unusable."""
+    what_now = (
+        f"delete it (rm {path}) to restart training from scratch in this folder, or restore "
+        "a copy of it"
+    )
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch/zip/pickle raise many types (RuntimeError, EOFError, OSError)
+        size = path.stat().st_size if path.exists() else 0
+        raise CheckpointError(
+            f"the checkpoint {path} ({size} bytes) is truncated or corrupt and cannot be "
+            f"resumed ({type(exc).__name__}: {_why(exc)}); {what_now}"
+        ) from None
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        found = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
+        raise CheckpointError(
+            f"{path} is not an mlsim training checkpoint (format {found!r}, expected "
+            f"{CHECKPOINT_FORMAT!r}); {what_now}"
+        )
+    missing = [k for k in _CHECKPOINT_KEYS if k not in ck]
+    if missing:
+        raise CheckpointError(f"the checkpoint {path} is corrupt (it lacks {missing}); {what_now}")
+    return ck
+
+
+def _check_data_file(key: str, path: Path) -> None:
+    """Fail now, naming the config key, if a data file is missing, unreadable or not parseable.
+
+    Cheap (the first frame or the file's index only), so a typo in test_data is found before the
+    run rather than after it.
+    """
+    from mlsim.data._io import format_of
+
+    if not path.exists():
+        raise FileNotFoundError(f"{key}: data file {path} not found")
+    if path.is_dir():
+        raise ValueError(f"{key}: {path} is a folder, not a data file")
+    fmt = format_of(path)
+    try:
+        if fmt == "extxyz":
+            _check_extxyz_head(path)
+        elif fmt == "npz":
+            import zipfile
+
+            if not zipfile.is_zipfile(path):  # np.load would try (and blame) pickle
+                raise ValueError("not an npz (zip) archive")
+            with np.load(path, allow_pickle=False) as f:
+                names = set(f.files)
+            if not ({"z", "R"} <= names or {"nuclear_charges", "coords"} <= names):
+                raise ValueError(f"no z/R (or nuclear_charges/coords) arrays, only {sorted(names)}")
+        elif fmt == "db":
+            with open(path, "rb") as fh:
+                if fh.read(16) != b"SQLite format 3\x00":
+                    raise ValueError("not an SQLite database (ASE .db)")
+        else:
+            from ase.io import read as ase_read
+
+            ase_read(path, index=0)
+    except Exception as exc:  # the parsers raise many types; name the key and the file
+        raise ValueError(f"{key}: cannot read {path} as {fmt}: {_why(exc)}") from None
+
+
+def _check_extxyz_head(path: Path) -> None:
+    """Parse the first frame of an extxyz(.gz) file; ValueError saying what is wrong."""
+    import gzip
+
+    from ase.io import read as ase_read
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        first = fh.readline()
+        while first and not first.strip():
+            first = fh.readline()
+        if not first:
+            raise ValueError("the file is empty")
+        try:
+            n = int(first.split()[0])
+        except (ValueError, IndexError):
+            raise ValueError(
+                f"the first line should be the atom count, found {first.strip()[:60]!r}"
+            ) from None
+        lines = [first]
+        for _ in range(n + 1):
+            line = fh.readline()
+            if not line:
+                raise ValueError(f"the first frame ends after {len(lines)} of {n + 2} lines")
+            lines.append(line)
+    ase_read(io.StringIO("".join(lines)), index=0, format="extxyz")
+
+
+def _read_labelled(key: str, cfg: TrainConfig, path_value: str) -> list:
+    """read_structures for the config key `key`; errors name the key."""
+    path = cfg.path(path_value)
+    try:
+        structures = read_structures(path)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{key}: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"{key}: {exc}") from None
+    if not structures:
+        raise ValueError(f"{key}: {path} holds no structures")
+    return structures
+
+
+def _undertrained(stop_reason: str, cfg: TrainConfig, lr_now: float, epoch: int) -> str | None:
+    """A warning when the time budget ended training before the learning rate decayed."""
+    if stop_reason != "time_budget":
+        return None  # early stopping or the epoch limit: the run ended on its own terms
+    if cfg.schedule == "plateau":
+        decayed = lr_now < cfg.lr * (1 - 1e-9)
+        state = "the plateau schedule never reduced it"
+    else:
+        # Cosine decays every epoch; less than half of the way down to min_lr is under-trained.
+        decayed = lr_now <= cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr)
+        state = f"the cosine schedule over {cfg.epochs} epochs is less than half done"
+    if decayed:
+        return None
+    return (
+        f"the time budget (time_budget_min = {cfg.time_budget_min}) ended training at epoch "
+        f"{epoch} before the learning rate decayed (lr = {lr_now:.3g}, initial {cfg.lr:.3g}: "
+        f"{state}) and before early stopping triggered: the model is probably under-trained. "
+        "Continue it with --resume --time-budget-min LARGER, or give it more time."
+    )
 
 
 def _members(model: nn.Module) -> list[nn.Module]:
@@ -171,7 +374,8 @@ def _plots(out: Path, history: list[dict], pred: dict[str, np.ndarray], label: s
         lo, hi = a.get_xlim()
         a.plot([lo, hi], [lo, hi], "k-", lw=0.5)
     fig.tight_layout()
-    fig.savefig(out / "parity.png", dpi=120)
+    with atomic_path(out / "parity.png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -186,7 +390,8 @@ def _plots(out: Path, history: list[dict], pred: dict[str, np.ndarray], label: s
     ax2.semilogy(ep, [h["train_loss"] for h in history], "k:", lw=0.8)
     ax2.set_ylabel("train loss (dotted)")
     fig.tight_layout()
-    fig.savefig(out / "learning_curve.png", dpi=120)
+    with atomic_path(out / "learning_curve.png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -235,34 +440,61 @@ def train(
     `stop_after_epochs` ends this process after that many epochs *of this call* without the final
     model/plots, as if interrupted: used to test that --resume continues bit-for-bit.
     """
+    cfg.validate()  # also for configs built in Python rather than read by load_config
     rank, world, device = _distributed(cfg.device)
-    if cfg.threads > 0:
+    if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     out = cfg.path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
+    runlog = _RunLog(out / "train.log", enabled=rank == 0)
     if not resume and ckpt_path.exists() and rank == 0:
         raise ValueError(
             f"{ckpt_path} exists; pass --resume to continue it or choose another output folder"
         )
+    ck: dict[str, Any] | None = None
+    changed: list[str] = []
+    if resume:
+        # Loaded and compared first, so a corrupt checkpoint or a changed setting fails at once.
+        if not ckpt_path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+        ck = _load_checkpoint(ckpt_path)
+        if isinstance(ck.get("config"), dict):
+            forbidden, changed = resume_changes(ck["config"], cfg)
+            if forbidden:
+                raise CheckpointError(
+                    f"cannot resume {ckpt_path}: these settings differ from the checkpoint's "
+                    f"(old -> new): {'; '.join(forbidden)}. They shaped the run so far and cannot "
+                    "change mid-run: restore them, or start a new run in another output folder"
+                )
 
-    structures = read_structures(cfg.path(cfg.data))
+    # Every data file is checked before the (long) training, not only when it is first needed.
+    for key in ("data", "val_data", "test_data"):
+        if getattr(cfg, key):
+            _check_data_file(key, cfg.path(getattr(cfg, key)))
+    structures = _read_labelled("data", cfg, cfg.data)
     if any(s.forces is None for s in structures) and cfg.forces_weight > 0:
-        raise ValueError(f"{cfg.data}: every structure needs forces when forces_weight > 0")
+        raise ValueError(f"data: {cfg.data}: every structure needs forces when forces_weight > 0")
     train_idx, val_idx = split_indices(len(structures), cfg)
     train_set = [structures[i] for i in train_idx]
     val_set = [structures[i] for i in val_idx]
     if cfg.val_data:
-        val_set = read_structures(cfg.path(cfg.val_data))
-        if not val_set:
-            raise ValueError(f"val_data {cfg.val_data}: no structures")
+        val_set = _read_labelled("val_data", cfg, cfg.val_data)
         if any(s.forces is None for s in val_set):
-            raise ValueError(f"val_data {cfg.val_data}: every structure needs forces")
+            raise ValueError(f"val_data: {cfg.val_data}: every structure needs forces")
     elements = sorted({int(z) for s in structures for z in s.numbers})
     unseen = sorted({int(z) for s in val_set for z in s.numbers} - set(elements))
     if unseen:
         raise ValueError(f"validation structures contain elements {unseen} absent from {cfg.data}")
+    test_set = None
+    if cfg.test_data and rank == 0:
+        test_set = _read_labelled("test_data", cfg, cfg.test_data)
+        unseen = sorted({int(z) for s in test_set for z in s.numbers} - set(elements))
+        if unseen:
+            raise ValueError(
+                f"test_data: {cfg.test_data} contains elements {unseen} absent from {cfg.data}"
+            )
     train_data = TensorData(train_set, dtype)
 
     torch.manual_seed(cfg.seed)
@@ -312,12 +544,10 @@ def train(
         "history": [],
     }
 
-    if resume:
-        if not ckpt_path.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    saved_epoch: int | None = None  # the epoch of the checkpoint on disk, if any
+    if ck is not None:
         if ck["spec"] != spec or not np.array_equal(ck["train_idx"], train_idx):
-            raise ValueError(
+            raise CheckpointError(
                 f"{ckpt_path} was written for a different data set or model; cannot resume"
             )
         model.load_state_dict(ck["model"])
@@ -328,6 +558,14 @@ def train(
             ema.shadow = {k: v.to(device) for k, v in ema.shadow.items()}
         state = ck["state"]
         _set_rng_state(ck["rng"])
+        saved_epoch = state["epoch"]
+        runlog.info(
+            f"resuming {ckpt_path} at epoch {saved_epoch}"
+            + (f" with changed settings (old -> new): {'; '.join(changed)}" if changed else "")
+        )
+        del ck  # the weights now live in the model; do not keep a second copy
+    else:
+        runlog.info(f"training from scratch into {out}")
 
     def eval_model() -> nn.Module:
         """A copy of the model carrying the EMA weights (or the raw ones without EMA)."""
@@ -416,8 +654,8 @@ def train(
         }
         state["history"].append(row)
         if rank == 0:
-            ck = {
-                "format": "mlsim-checkpoint/1",
+            ckpt = {
+                "format": CHECKPOINT_FORMAT,
                 "config": dataclasses.asdict(cfg),
                 "spec": spec,
                 "train_idx": train_idx,
@@ -429,12 +667,21 @@ def train(
                 "state": state,
                 "rng": _rng_state(),
             }
-            _atomic_save(ck, ckpt_path)
+            after = (
+                f"; the previous checkpoint {ckpt_path} (epoch {saved_epoch}) is intact: free "
+                "some space, then continue with --resume"
+                if saved_epoch is not None
+                else "; no checkpoint has been written yet"
+            )
+            _write_output("checkpoint", ckpt_path, _atomic_save, ckpt, ckpt_path, after=after)
+            saved_epoch = state["epoch"]
             buf = io.StringIO()
             w = csv.DictWriter(buf, fieldnames=LOG_FIELDS)
             w.writeheader()
             w.writerows(state["history"])
-            _atomic_text(buf.getvalue(), out / "log.csv")
+            _write_output(
+                "epoch log", out / "log.csv", _atomic_text, buf.getvalue(), out / "log.csv"
+            )
         bar.update(1)
         bar.set_postfix(
             loss=f"{row['train_loss']:.3g}",
@@ -451,6 +698,8 @@ def train(
             return {"stopped": "interrupted", "epoch": state["epoch"]}
     bar.close()
 
+    lr_now = float(opt.param_groups[0]["lr"])
+    warning = _undertrained(stop_reason, cfg, lr_now, state["epoch"])
     summary: dict[str, Any] = {
         "stop_reason": stop_reason,
         "epochs": state["epoch"],
@@ -459,23 +708,42 @@ def train(
         "n_train": int(len(train_idx)),
         "n_val": len(val_set),
         "world_size": world,
+        "final_lr": lr_now,
+        "warnings": [warning] if warning else [],
     }
     if rank == 0:
+        runlog.info(
+            f"training stopped ({stop_reason}) after epoch {state['epoch']}; best epoch "
+            f"{state['best_epoch']}, lr {lr_now:.3g}"
+        )
+        if warning:
+            runlog.warning(warning)
         final = copy.deepcopy(model)
         final.load_state_dict(state["best_state"])
         final.eval()
         pred = predict(final, val_set, cfg.eval_batch_size, dtype=dtype)
         summary["val"] = metrics_from_predictions(pred)
         label = "validation"
-        if cfg.test_data:
-            test_set = read_structures(cfg.path(cfg.test_data))
+        if test_set is not None:
             pred = predict(final, test_set, cfg.eval_batch_size, progress=progress, dtype=dtype)
             summary["test"] = metrics_from_predictions(pred)
             label = "test"
-        save_model(final.float().cpu(), out / "model.pt", spec, extra={"training": summary})
+        model_path = out / "model.pt"
+        _write_output(
+            "model",
+            model_path,
+            save_model,
+            final.float().cpu(),
+            model_path,
+            spec,
+            {"training": summary},
+        )
         if cfg.plots:
-            _plots(out, state["history"], pred, label)
-        _atomic_text(json.dumps(summary, indent=1), out / "summary.json")
+            _write_output("plots", out, _plots, out, state["history"], pred, label)
+        summary_text = json.dumps(summary, indent=1)
+        _write_output(
+            "summary", out / "summary.json", _atomic_text, summary_text, out / "summary.json"
+        )
     if world > 1:
         import torch.distributed as dist
 

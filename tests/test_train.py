@@ -527,3 +527,36 @@ def test_data_file_check_accepts_every_format_and_names_the_key(tmp_path, ext) -
         _check_data_file("val_data", bad)
     with pytest.raises(FileNotFoundError, match="^val_data: data file .* not found"):
         _check_data_file("val_data", tmp_path / f"missing.{ext}")
+
+
+def test_warm_start_continues_from_the_init_model(tiny, reference_run) -> None:
+    """init_model: the run starts from the saved weights, shifts and scales, not from scratch."""
+    from mlsim.data import read
+
+    init = reference_run / "model.pt"
+    # lr at its floor and no EMA: one epoch barely moves the weights, so predictions must stay
+    # those of the init model (a cold start would give a different, untrained model).
+    cfg = load_config(
+        _config(tiny, "warm", init_model=str(init), epochs=1, lr=1e-9, min_lr=0.0, ema_decay=0.0)
+    )
+    train(cfg, progress=False)
+    test = list(read(tiny / "test.extxyz"))
+    from mlsim.train import predict
+
+    before = predict(load_model(init), test, 8)
+    after = predict(load_model(tiny / "warm" / "model.pt"), test, 8)
+    np.testing.assert_allclose(after["energy_pred"], before["energy_pred"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(after["forces_pred"], before["forces_pred"], rtol=0, atol=1e-4)
+    cold = load_config(_config(tiny, "cold", epochs=1, lr=1e-9, min_lr=0.0, ema_decay=0.0))
+    train(cold, progress=False)
+    cold_pred = predict(load_model(tiny / "cold" / "model.pt"), test, 8)
+    assert np.abs(cold_pred["energy_pred"] - before["energy_pred"]).max() > 1e-3
+    # Another architecture cannot warm-start from it.
+    other = _config(
+        tiny,
+        "warm_bad",
+        init_model=str(init),
+        model={"architecture": "painn", "hyperparameters": {"features": 16, "cutoff": 4.0}},
+    )
+    with pytest.raises(ValueError, match="init_model: .* warm starts need the same architecture"):
+        train(load_config(other), progress=False)

@@ -117,6 +117,12 @@ class TrainConfig:
     val_fraction: float = _key(
         0.1, "fraction of the pool held out for validation (unless n_val/val_data)", gt=0, lt=1
     )
+    init_model: str | None = _key(
+        None,
+        "warm start: a model.pt of the same architecture whose weights, shifts and scales start "
+        "this run (null: random initial weights)",
+        kind="path",
+    )
     n_val: int | None = _key(
         None, "number of pool structures held out for validation; overrides val_fraction", ge=1
     )

@@ -309,6 +309,33 @@ def _undertrained(stop_reason: str, cfg: TrainConfig, lr_now: float, epoch: int)
     )
 
 
+def _warm_start_spec(cfg: TrainConfig, spec: dict[str, Any], elements: list[int]) -> dict[str, Any]:
+    """The init_model's spec, after checking it is the architecture this config asks for."""
+    from mlsim.models import load_metadata
+
+    path = cfg.path(cfg.init_model)
+    if not path.is_file():
+        raise FileNotFoundError(f"init_model: model file not found: {path}")
+    old = load_metadata(path)["spec"]
+
+    def shape(s: dict[str, Any]) -> Any:
+        if s["architecture"] == "ensemble":
+            return ("ensemble", [shape(m) for m in s["members"]])
+        hp = {k: v for k, v in (s.get("hyperparameters") or {}).items() if k != "energy_scale"}
+        return (s["architecture"], sorted(hp.items()))
+
+    if shape(old) != shape(spec):
+        raise ValueError(
+            f"init_model: {path} is {shape(old)}, but this config builds {shape(spec)}; "
+            "warm starts need the same architecture, hyperparameters and ensemble size"
+        )
+    members = old["members"] if old["architecture"] == "ensemble" else [old]
+    missing = sorted(set(elements) - {int(z) for z in members[0]["elements"]})
+    if missing:
+        raise ValueError(f"init_model: {path} does not know elements {missing} of the data")
+    return old
+
+
 def _members(model: nn.Module) -> list[nn.Module]:
     """The independently trained networks (one unless an ensemble)."""
     return list(model.members) if isinstance(model, Ensemble) else [model]
@@ -512,8 +539,15 @@ def train(
         if cfg.ensemble == 1
         else {"architecture": "ensemble", "members": [member_spec] * cfg.ensemble}
     )
+    if cfg.init_model:
+        spec = _warm_start_spec(cfg, spec, elements)
     model = build_model(spec).to(dtype=dtype, device=device)
-    if not resume:
+    if cfg.init_model and not resume:
+        from mlsim.models import load_model
+
+        # The shifts and scales come with the weights: the networks were trained against them.
+        model.load_state_dict(load_model(cfg.path(cfg.init_model)).state_dict())
+    elif not resume:
         # Input standardisation (ANI's AEV statistics) from up to 500 training structures.
         sample = train_data.batch(np.arange(min(len(train_data), 500))).to(device)
         for member in _members(model):

@@ -11,15 +11,21 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
+#include <fstream>
+#include <limits>
 #include <mutex>
 #include <new>
-#include <utility>
-#include <limits>
+#include <sstream>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <thread>
+#include <utility>
 
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 namespace mlsim {
 namespace detail {
@@ -147,8 +153,14 @@ Grid make_grid(const Box& box, double cutoff, int64_t n_atoms, const double* smi
     for (int k = 0; k < 3; ++k) {
         double bin_length = extent[k] * box.width[k] / g.nbins[k];
         // Periodic cells thinner than the cutoff search several images of their bins.
-        g.reach[k] = bin_length > 0.0 ? static_cast<int32_t>(std::max(1.0, std::ceil(rc / bin_length))) : 1;
-        if (!box.periodic[k]) g.reach[k] = std::min(g.reach[k], std::max(1, g.nbins[k] - 1));
+        double reach = bin_length > 0.0 ? std::max(1.0, std::ceil(rc / bin_length)) : 1.0;
+        // Capped before the int32 conversion: a huge cutoff must not overflow it.
+        if (!box.periodic[k]) reach = std::min(reach, std::max(1.0, g.nbins[k] - 1.0));
+        if (!(reach < 1e8)) {  // so many periodic images cannot fit in memory anyway
+            throw NeighborListTooLarge("neighbor list too large: cutoff " + std::to_string(cutoff) +
+                                       " spans more than 1e8 bins of the cell along a periodic direction");
+        }
+        g.reach[k] = static_cast<int32_t>(reach);
         g.inv_width[k] = extent[k] > 0.0 ? g.nbins[k] / extent[k] : 0.0;
     }
     return g;
@@ -179,6 +191,94 @@ Grid choose_grid(const Box& box, double cutoff, int64_t n_atoms, const double* s
     return best;
 }
 
+double estimate_pairs(const Box& box, double cutoff, int64_t n_atoms, const double* smin, const double* smax,
+                      bool full) {
+    // Neighbors per atom = density x sphere volume. Along a non-periodic direction the density uses
+    // the atoms' extent, and a sphere wider than that extent only reaches the atoms that are there.
+    const double n = static_cast<double>(n_atoms);
+    const double det = std::fabs(dot(row(box.box, 0), cross(row(box.box, 1), row(box.box, 2))));
+    if (!(det > 0.0) || !(n > 0.0)) return 0.0;
+    // In logarithms: an absurd cutoff gives an infinite estimate (refused), never inf * 0 = NaN.
+    double log_per_atom = std::log(n * 4.18879020478639 / det) + 3.0 * std::log(cutoff);
+    for (int k = 0; k < 3; ++k) {
+        if (box.periodic[k]) continue;
+        const double extent = std::max(smax[k] - smin[k], 0.0);
+        log_per_atom += extent * box.width[k] < 2.0 * cutoff ? std::log(box.width[k] / 2.0) - std::log(cutoff)
+                                                             : -std::log(extent);
+    }
+    double per_atom = std::exp(log_per_atom);
+    if (!box.periodic[0] && !box.periodic[1] && !box.periodic[2]) per_atom = std::min(per_atom, n);
+    return n * per_atom * (full ? 1.0 : 0.5);
+}
+
+double pair_bytes(double pairs) {
+    // 8 bytes per pair in the search buffers (grown by doubling: up to twice that), then 5 int64.
+    return pairs * (2.0 * sizeof(NeighborList::Pair) + 5.0 * sizeof(int64_t));
+}
+
+namespace {
+// One "Key:   123 kB" line of a /proc file, in bytes; -1 if absent.
+double proc_kb(const char* file, const char* key) {
+    std::ifstream in(file);
+    std::string line;
+    const size_t len = std::strlen(key);
+    while (std::getline(in, line)) {
+        if (line.compare(0, len, key) == 0) {
+            std::istringstream fields(line.substr(len));
+            double kb = -1.0;
+            fields >> kb;
+            return kb >= 0.0 ? kb * 1024.0 : -1.0;
+        }
+    }
+    return -1.0;
+}
+}  // namespace
+
+double available_memory_bytes() {
+    // MemAvailable counts reclaimable page cache; sysconf's _SC_AVPHYS_PAGES (MemFree) does not and is
+    // often a small fraction of what can be allocated, so it is only a fallback behind total memory.
+    double avail = proc_kb("/proc/meminfo", "MemAvailable:");
+    if (avail >= 0.0) {
+        avail += std::max(0.0, proc_kb("/proc/meminfo", "SwapFree:"));
+    } else {
+        const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+        avail = pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0.0;
+    }
+    struct rlimit limit {};
+    if (getrlimit(RLIMIT_AS, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY) {
+        const double used = std::max(0.0, proc_kb("/proc/self/status", "VmSize:"));
+        const double left = std::max(0.0, static_cast<double>(limit.rlim_cur) - used);
+        avail = avail > 0.0 ? std::min(avail, left) : left;
+    }
+    return avail;
+}
+
+void check_fits(const Box& box, double cutoff, int64_t n_atoms, const double* smin, const double* smax, bool full) {
+    // Reading /proc costs tens of microseconds: only lists estimated above 64 MB ask.
+    constexpr double kAlwaysFits = 64.0 * (1 << 20);
+    const double pairs = estimate_pairs(box, cutoff, n_atoms, smin, smax, full);
+    const double bytes = pair_bytes(pairs);
+    if (!(bytes > kAlwaysFits)) return;  // also lets a NaN estimate (impossible) through to the search
+    const double avail = available_memory_bytes();
+    if (avail <= 0.0 || bytes <= avail) return;  // unknown memory: try, a failure is still caught
+    std::ostringstream msg;
+    msg.precision(3);
+    msg << "neighbor list too large: about ";
+    if (std::isfinite(pairs)) {
+        msg << pairs;
+    } else {
+        msg << "infinitely many";
+    }
+    msg << " pairs estimated for " << n_atoms << " atoms with cutoff " << cutoff << " (";
+    if (std::isfinite(bytes)) {
+        msg << bytes / 1e9 << " GB";
+    } else {
+        msg << "unbounded memory";
+    }
+    msg << "), more than the " << avail / 1e9 << " GB of memory available; use a smaller cutoff or fewer atoms";
+    throw NeighborListTooLarge(msg.str());
+}
+
 }  // namespace detail
 
 namespace {
@@ -195,6 +295,10 @@ inline bool positive_shift(int32_t a, int32_t b, int32_t c) {
 }
 
 // Runs body(chunk_index) for chunk indices [0, n_chunks) on n_threads threads (dynamic schedule).
+// An exception in any thread (std::bad_alloc above all) stops the remaining chunks and is rethrown
+// here after every thread has joined: escaping a std::thread it would call std::terminate, and
+// leaving this function with joinable threads would too. The try/catch wraps each thread's whole
+// loop, so the per-chunk work itself is unchanged.
 template <class F>
 void parallel_chunks(int n_chunks, int n_threads, F&& body) {
     if (n_threads <= 1 || n_chunks <= 1) {
@@ -202,27 +306,67 @@ void parallel_chunks(int n_chunks, int n_threads, F&& body) {
         return;
     }
     std::atomic<int> next{0};
-    auto worker = [&]() {
-        for (int c = next.fetch_add(1); c < n_chunks; c = next.fetch_add(1)) body(c);
+    std::mutex error_mutex;
+    std::exception_ptr error;
+    auto worker = [&]() noexcept {
+        try {
+            for (int c = next.fetch_add(1); c < n_chunks; c = next.fetch_add(1)) body(c);
+        } catch (...) {
+            std::lock_guard<std::mutex> lock(error_mutex);
+            if (!error) error = std::current_exception();
+            next.store(n_chunks);  // the other threads stop at their next chunk
+        }
     };
     std::vector<std::thread> threads;
     threads.reserve(n_threads - 1);
-    for (int t = 1; t < n_threads; ++t) threads.emplace_back(worker);
+    for (int t = 1; t < n_threads; ++t) {
+        try {
+            threads.emplace_back(worker);
+        } catch (const std::system_error&) {
+            break;  // no memory or thread limit for another thread: the started ones share the work
+        }
+    }
     worker();
     for (auto& t : threads) t.join();
+    if (error) std::rethrow_exception(error);
+}
+
+// Rethrows the current exception, turning a plain std::bad_alloc into NeighborListTooLarge with the
+// size of the list being built (for Python's MemoryError message); other exceptions pass unchanged.
+[[noreturn]] void rethrow_with_size(int64_t n_atoms, double cutoff, double estimated, int64_t found) {
+    try {
+        throw;
+    } catch (const NeighborListTooLarge&) {
+        throw;
+    } catch (const std::bad_alloc&) {
+        std::ostringstream msg;
+        msg.precision(3);
+        msg << "neighbor list too large: out of memory building the list of " << n_atoms
+            << " atoms with cutoff " << cutoff << ": about " << estimated << " pairs estimated ("
+            << detail::pair_bytes(estimated) / 1e9 << " GB)";
+        if (found > 0) msg << ", " << found << " pairs found before memory ran out";
+        throw NeighborListTooLarge(msg.str());
+    } catch (const std::length_error&) {
+        throw NeighborListTooLarge("neighbor list too large: for " + std::to_string(n_atoms) +
+                                   " atoms an array would exceed the largest possible allocation");
+    }
 }
 
 }  // namespace
 
-NeighborList compute_neighbors(const double* positions, int64_t n_atoms, const NeighborOptions& options) {
+void release_pair_pool() noexcept;  // defined with the pool below
+
+namespace {
+// The search proper; `result` and `estimated` live in the caller so that a failure can report them.
+void compute_neighbors_into(const double* positions, int64_t n_atoms, const NeighborOptions& options,
+                            NeighborList& result, double& estimated) {
     detail::check_cutoff(options.cutoff);
     if (n_atoms < 0) throw std::invalid_argument("positions must have a non-negative number of atoms");
     if (n_atoms >= std::numeric_limits<int32_t>::max()) {
         throw std::invalid_argument("positions: more than 2^31 - 1 atoms are not supported");
     }
     const detail::Box box = detail::make_box(options);
-    NeighborList result;
-    if (n_atoms == 0) return result;
+    if (n_atoms == 0) return;
     const int32_t n = static_cast<int32_t>(n_atoms);
     for (int64_t k = 0; k < 3 * n_atoms; ++k) {
         if (!std::isfinite(positions[k])) {
@@ -266,6 +410,9 @@ NeighborList compute_neighbors(const double* positions, int64_t n_atoms, const N
             wrapped[3 * a + d] = r[d] - (w[0] * cell[d] + w[1] * cell[3 + d] + w[2] * cell[6 + d]);
         }
     }
+    // Refuse a list that cannot fit before the bins, stencil and pair buffers are allocated.
+    estimated = detail::estimate_pairs(box, options.cutoff, n_atoms, smin, smax, options.full);
+    detail::check_fits(box, options.cutoff, n_atoms, smin, smax, options.full);
     const detail::Grid grid = detail::choose_grid(box, options.cutoff, n_atoms, smin, smax);
     const int32_t nb0 = grid.nbins[0], nb1 = grid.nbins[1], nb2 = grid.nbins[2];
     const int64_t n_bins = static_cast<int64_t>(nb0) * nb1 * nb2;
@@ -321,6 +468,12 @@ NeighborList compute_neighbors(const double* positions, int64_t n_atoms, const N
         }
         image_min[k] = lo;
         image_count[k] = hi - lo + 1;
+    }
+    // Image ids are int32: a cutoff that spans billions of periodic images cannot be listed anyway.
+    const double n_images = static_cast<double>(image_count[0]) * image_count[1] * image_count[2];
+    if (n_images > std::numeric_limits<int32_t>::max()) {
+        throw NeighborListTooLarge("neighbor list too large: cutoff " + std::to_string(options.cutoff) +
+                                   " spans more than 2^31 periodic images of the cell");
     }
     result.images_.resize(3 * static_cast<size_t>(image_count[0]) * image_count[1] * image_count[2]);
     for (int32_t a = 0; a < image_count[0]; ++a) {
@@ -456,6 +609,23 @@ NeighborList compute_neighbors(const double* positions, int64_t n_atoms, const N
     for (int32_t a = 0; a < n; ++a) result.offset_[a + 1] = result.offset_[a] + counts[a];
     result.total_ = result.offset_[n];
     result.wrap_ = std::move(wrap);
+}
+}  // namespace
+
+NeighborList compute_neighbors(const double* positions, int64_t n_atoms, const NeighborOptions& options) {
+    NeighborList result;
+    double estimated = 0.0;
+    try {
+        compute_neighbors_into(positions, n_atoms, options, result, estimated);
+    } catch (const std::bad_alloc&) {
+        int64_t found = 0;
+        for (const auto& buffer : result.buffers_) found += static_cast<int64_t>(buffer.size());
+        result = NeighborList();  // its buffers go to the pool, which is then emptied
+        release_pair_pool();
+        rethrow_with_size(n_atoms, options.cutoff, estimated, found);
+    } catch (const std::length_error&) {
+        rethrow_with_size(n_atoms, options.cutoff, estimated, 0);
+    }
     return result;
 }
 
@@ -482,6 +652,16 @@ void* take_from_pool(size_t bytes, size_t* got) {
     return p;
 }
 
+}  // namespace
+
+// Frees every pooled block: after an allocation failed, memory kept for reuse is better given back.
+void release_pair_pool() noexcept {
+    std::lock_guard<std::mutex> lock(pool_mutex);
+    for (const auto& block : pool) std::free(block.first);
+    pool.clear();
+}
+
+namespace {
 void give_to_pool(void* p, size_t bytes) noexcept {
     if (p == nullptr) return;
     if (bytes >= 2 * kHugePage) {
@@ -533,6 +713,13 @@ void NeighborList::PairBuffer::reserve(size_t n) {
         }
     } else {
         p = std::malloc(bytes);
+    }
+    if (p == nullptr && bytes >= 2 * kHugePage) {
+        release_pair_pool();  // blocks kept for reuse may be what is missing: free them, try once more
+        p = std::aligned_alloc(kHugePage, bytes);
+#ifdef MADV_HUGEPAGE
+        if (p != nullptr) madvise(p, bytes, MADV_HUGEPAGE);
+#endif
     }
     if (p == nullptr) throw std::bad_alloc();
     if (size_ > 0) std::memcpy(p, data_, size_ * sizeof(Pair));
@@ -586,19 +773,28 @@ std::vector<NeighborList> compute_neighbors_batch(const double* positions, const
     }
     const int64_t total_atoms = n_structures ? ptr[n_structures] - ptr[0] : 0;
     const int n_threads = detail::resolve_threads(num_threads, total_atoms);
-    // Errors inside worker threads are kept and rethrown on the calling thread.
-    std::vector<std::string> errors(n_structures);
+    // Errors inside worker threads are kept and rethrown on the calling thread, the first structure's
+    // first; a lack of memory stays a NeighborListTooLarge (MemoryError), not a bad-input error.
+    std::vector<std::exception_ptr> errors(n_structures);
     parallel_chunks(static_cast<int>(n_structures), n_threads, [&](int b) {
         NeighborOptions o = options[b];
         o.num_threads = 1;
         try {
             lists[b] = compute_neighbors(positions + 3 * ptr[b], ptr[b + 1] - ptr[b], o);
-        } catch (const std::exception& e) {
-            errors[b] = e.what();
+        } catch (...) {
+            errors[b] = std::current_exception();
         }
     });
     for (int64_t b = 0; b < n_structures; ++b) {
-        if (!errors[b].empty()) throw std::invalid_argument("structure " + std::to_string(b) + ": " + errors[b]);
+        if (!errors[b]) continue;
+        const std::string where = "structure " + std::to_string(b) + ": ";
+        try {
+            std::rethrow_exception(errors[b]);
+        } catch (const std::bad_alloc& e) {
+            throw NeighborListTooLarge(where + e.what());
+        } catch (const std::exception& e) {
+            throw std::invalid_argument(where + e.what());
+        }
     }
     return lists;
 }

@@ -5,6 +5,9 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <new>
+#include <string>
+#include <utility>
 #include <vector>
 
 namespace mlsim {
@@ -19,6 +22,19 @@ struct NeighborOptions {
     bool full = true;
     // 0 = use all hardware threads.
     int num_threads = 0;
+};
+
+// Thrown when the list cannot fit in memory: refused up front from the estimated pair count, or
+// an allocation failed while searching (in any thread). A std::bad_alloc, so pybind11 raises it as
+// MemoryError and callers that only know the standard type still catch it; what() says how many
+// pairs were estimated and how much memory that needs.
+class NeighborListTooLarge : public std::bad_alloc {
+public:
+    explicit NeighborListTooLarge(std::string message) : message_(std::move(message)) {}
+    const char* what() const noexcept override { return message_.c_str(); }
+
+private:
+    std::string message_;
 };
 
 // Pairs grouped by i in increasing order; the order inside one i is fixed by the algorithm, so the
@@ -70,7 +86,8 @@ public:
 };
 
 // Throws std::invalid_argument (naming the argument) on bad input: non-finite positions,
-// cutoff <= 0 or not finite, pbc without a cell, a cell singular along its periodic directions.
+// cutoff <= 0 or not finite, pbc without a cell, a cell singular along its periodic directions;
+// NeighborListTooLarge when the estimated list exceeds the memory available, or memory runs out.
 NeighborList compute_neighbors(const double* positions, int64_t n_atoms, const NeighborOptions& options);
 
 // Many independent structures: atoms ptr[b] .. ptr[b+1] of positions with options[b]; the
@@ -106,6 +123,18 @@ Grid make_grid(const Box& box, double cutoff, int64_t n_atoms, const double* smi
 Grid choose_grid(const Box& box, double cutoff, int64_t n_atoms, const double* smin, const double* smax);
 void check_cutoff(double cutoff);
 int resolve_threads(int requested, int64_t work);
+// Expected number of pairs for n_atoms uniformly spread over the box (periodic directions) and over
+// the atoms' extent smin..smax (fractional, non-periodic directions); an estimate, not a bound.
+double estimate_pairs(const Box& box, double cutoff, int64_t n_atoms, const double* smin, const double* smax,
+                      bool full);
+// Bytes a list of `pairs` pairs needs at its peak: the search buffers plus the int64 i, j, shifts.
+double pair_bytes(double pairs);
+// Memory this process can still obtain: MemAvailable + SwapFree (Linux), else physical memory from
+// sysconf, lowered to RLIMIT_AS when that is set. 0 when unknown.
+double available_memory_bytes();
+// Throws NeighborListTooLarge (before anything large is allocated) when the estimated list of
+// n_atoms atoms cannot fit in available_memory_bytes().
+void check_fits(const Box& box, double cutoff, int64_t n_atoms, const double* smin, const double* smax, bool full);
 }  // namespace detail
 
 }  // namespace mlsim

@@ -77,6 +77,9 @@ Triple neighbor_list_cpu(const at::Tensor& positions, const at::Tensor& cell, co
     at::Tensor pos = positions.detach().to(at::kDouble).contiguous();
     NeighborOptions o = options_from(cell.detach().to(at::kDouble).contiguous(), pbc.contiguous(), cutoff, full);
     NeighborList list;
+    // NeighborListTooLarge (a std::bad_alloc, also from the worker threads, which hand their
+    // exceptions back to this thread) passes through: torch raises it as MemoryError, and inside
+    // TorchScript as a RuntimeError with the same message; either is catchable.
     try {
         list = compute_neighbors(pos.data_ptr<double>(), pos.size(0), o);
     } catch (const std::invalid_argument& e) {

@@ -54,6 +54,10 @@ def neighbor_list(
     positions: (N, 3) float array in Angstrom; cell: (3, 3) with lattice vectors as rows, or None;
     pbc: bool or 3 bools; full: list (i, j) and (j, i) (True) or each pair once (False).
     Pairs are grouped by increasing i. Atoms outside the cell are handled (wrapped internally).
+
+    Raises MemoryError, with the estimated pair count, when the list cannot fit in memory: up
+    front when the estimate (density x cutoff sphere x N) exceeds the memory available (an
+    absurd cutoff or N), or when an allocation fails during the search.
     """
     pos = np.asarray(positions)
     if pos.ndim != 2 or pos.shape[1] != 3:
@@ -92,6 +96,7 @@ def neighbor_list_torch(
 
     positions: (N, 3) float32/float64; cell: (3, 3) same dtype or None (no cell); pbc: (3,) bool
     tensor or None (no pbc). Returns int64 (i, j, shifts) on the device of positions.
+    A list too large for memory raises MemoryError, as in :func:`neighbor_list`.
     """
     if cell is None:
         cell = torch.zeros((3, 3), dtype=positions.dtype, device=positions.device)

@@ -238,3 +238,92 @@ def test_neighbor_list_reused_during_md_and_bad_skin():
     np.testing.assert_allclose(atoms.get_forces(), ref.get_forces(), rtol=0, atol=1e-10)
     with pytest.raises(ValueError, match="skin"):
         MLCalculator(painn(), skin=-0.1)
+
+
+def test_shared_calculator_is_thread_safe():
+    """Four threads share one calculator, each asking for other structures: every energy and
+    force equals the serial reference (no thread gets another thread's results, no errors)."""
+    import sys
+    import threading
+
+    model = painn()
+    rng = np.random.default_rng(11)
+    structures = []
+    for _ in range(4):
+        a = ethanol().to_atoms()
+        a.positions += rng.normal(scale=0.1, size=a.positions.shape)
+        structures.append(a)
+    reference = []
+    for a in structures:
+        b = a.copy()
+        b.calc = MLCalculator(model)
+        reference.append((b.get_potential_energy(), b.get_forces()))
+    shared = MLCalculator(model)
+    failures: list[str] = []
+
+    def hammer(t: int) -> None:
+        try:
+            for n in range(100):
+                k = (t + n) % len(structures)
+                a = structures[k].copy()
+                a.calc = shared
+                e, f = a.get_potential_energy(), a.get_forces()
+                # Scripted models may differ in the last bits between profiling runs; other
+                # structures differ by far more (rattled by 0.1 A).
+                if abs(e - reference[k][0]) > 1e-9 or not np.allclose(
+                    f, reference[k][1], rtol=0, atol=1e-9
+                ):
+                    failures.append(f"thread {t} call {n}: results of another structure")
+        except Exception as exc:  # noqa: BLE001 - any error in a thread is a failure here
+            failures.append(f"thread {t}: {type(exc).__name__}: {exc}")
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often, so that a race shows within 400 calls
+    try:
+        threads = [threading.Thread(target=hammer, args=(t,)) for t in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert not failures, f"{len(failures)} of 400 calls failed, e.g. {failures[:3]}"
+    assert "thread" in MLCalculator.__doc__.lower()
+
+
+def test_overlapping_atoms_raise_naming_the_atoms():
+    """Two atoms at one position (or 0.05 A apart) give an error naming both atoms and the
+    distance, instead of NaN energy and forces; also across a periodic boundary."""
+    from ase import Atoms
+
+    atoms = ethanol().to_atoms()
+    atoms.positions[7] = atoms.positions[2]  # an H onto the O
+    for skin in (0.5, 0.0):
+        atoms.calc = MLCalculator(painn(), skin=skin)
+        with pytest.raises(ValueError, match=r"atom 2 \(O\) and atom 7 \(H\) .* 0 A apart"):
+            atoms.get_potential_energy()
+    atoms.positions[7] = atoms.positions[2] + [0.05, 0.0, 0.0]
+    with pytest.raises(ValueError, match=r"atom 2 \(O\) and atom 7 \(H\) .*0\.05 A apart"):
+        atoms.get_forces()
+    box = Atoms("OH", positions=[[0.02, 1, 1], [5.97, 1, 1]], cell=[6, 6, 6], pbc=True)
+    box.calc = MLCalculator(painn())
+    with pytest.raises(ValueError, match=r"atom 0 \(O\) and atom 1 \(H\) .*0\.05 A apart"):
+        box.get_potential_energy()
+    # A short but real bond is fine.
+    atoms.positions[7] = atoms.positions[2] + [0.9, 0.0, 0.0]
+    assert np.isfinite(atoms.get_potential_energy())
+    with pytest.raises(ValueError, match="min_distance"):
+        MLCalculator(painn(), min_distance=-1.0)
+
+
+@pytest.mark.parametrize(("z", "message"), [(119, "atomic number 119"), (-1, "atomic number -1")])
+def test_atomic_numbers_outside_periodic_table_are_named(z, message):
+    """Z=119 (was an IndexError) and Z=-1 (was shown as 'Og') get a clear ValueError."""
+    atoms = ethanol().to_atoms()
+    numbers = atoms.numbers.copy()
+    numbers[4] = z
+    atoms.numbers = numbers
+    atoms.calc = MLCalculator(painn())
+    with pytest.raises(ValueError, match=rf"{message} at atom 4, which is not an element") as err:
+        atoms.get_potential_energy()
+    assert "Og" not in str(err.value)

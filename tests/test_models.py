@@ -9,6 +9,7 @@ from ase.build import bulk, molecule
 
 from mlsim.models import (
     Ensemble,
+    PaiNNModel,
     build_model,
     compute_properties,
     load_metadata,
@@ -257,3 +258,54 @@ def test_energy_from_pairs_ignores_pairs_beyond_cutoff_and_scripts(arch: str) ->
             got = compute_properties(scripted, *inputs, stress=stress, pairs=pairs)
             for key, val in ref.items():
                 torch.testing.assert_close(got[key], val, rtol=0, atol=1e-10)
+
+
+def test_compute_properties_names_overlapping_atoms_and_their_structure() -> None:
+    """Coincident atoms in the second structure of a batch: the error names that structure, the
+    two atoms (indices inside it, elements) and their distance; no NaN comes back."""
+    model = _model("painn", [1, 6, 8])
+    water, eth = molecule("H2O"), _ethanol(1)
+    eth.positions[8] = eth.positions[0]
+    inputs = _inputs([water, eth])
+    with pytest.raises(
+        ValueError, match=r"atom 0 \(C\) and atom 8 \(H\) of structure 1 \(C2H6O, 9 atoms\) are 0 A"
+    ):
+        compute_properties(model, *inputs)
+    with pytest.raises(ValueError, match=r"structure 11 \(C2H6O"):
+        compute_properties(model, *inputs, first_structure=10)
+    # Without the distance check the coincident pair is what makes the result NaN: still refused.
+    with pytest.raises(ValueError, match=r"non-finite .* structure 1 \(C2H6O"):
+        compute_properties(model, *inputs, min_distance=None)
+
+
+@pytest.mark.parametrize("z", [119, -1, 0, 26])
+def test_compute_properties_rejects_unknown_or_impossible_atomic_numbers(z: int) -> None:
+    """Z outside 1..118 or unknown to the model: a ValueError naming the atom, not an IndexError."""
+    model = _model("ani", [1, 6, 8])
+    numbers, pos, cell, pbc, batch = _inputs([_ethanol()])
+    numbers = numbers.clone()
+    numbers[3] = z
+    message = "Fe \\(Z=26\\), which the model does not know" if z == 26 else "not an element"
+    with pytest.raises(ValueError, match=message) as err:
+        compute_properties(model, numbers, pos, cell, pbc, batch)
+    assert "atom 3" in str(err.value) and "Og" not in str(err.value)
+    with pytest.raises(ValueError, match=f"atomic number {z} is not supported"):
+        model(numbers, pos, cell, pbc, batch)  # the model itself, eager or scripted
+    with pytest.raises(Exception, match=f"atomic number {z} is not supported"):
+        torch.jit.script(model)(numbers, pos, cell, pbc, batch)
+
+
+@pytest.mark.parametrize("scripted", [False, True])
+def test_neighbor_list_too_large_for_memory_is_a_memory_error(scripted: bool) -> None:
+    """A cutoff of 10 km in a 3 A periodic cell is refused up front as MemoryError (with the
+    estimated pair count), also when the op runs inside a TorchScript model."""
+    torch.manual_seed(0)
+    model = PaiNNModel([1], cutoff=1e4, features=4, num_interactions=1).double()
+    if scripted:
+        model = torch.jit.script(model)
+    numbers = torch.tensor([1, 1])
+    pos = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    cell = 3.0 * torch.eye(3, dtype=torch.float64).unsqueeze(0)
+    pbc = torch.ones(1, 3, dtype=torch.bool)
+    with pytest.raises(MemoryError, match="pairs estimated"):
+        compute_properties(model, numbers, pos, cell, pbc, torch.zeros(2, dtype=torch.long))

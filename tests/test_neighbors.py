@@ -341,3 +341,61 @@ def test_cuda_op_matches_cpu(pbc, full):
         pos_b.cuda(), cells.cuda(), pbcs.cuda(), ptr.cuda(), 3.0, full
     )
     assert all(torch.equal(a, b.cpu()) for a, b in zip(want, got))
+
+
+# ---- memory limits -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n_side", "cutoff", "pbc"),
+    [(6, 1000.0, True), (6, 1e300, True), (6, 1e8, (True, False, True))],
+)
+def test_absurd_cutoff_is_refused_up_front(n_side, cutoff, pbc):
+    """Lists that cannot fit (density x cutoff sphere x N beyond the memory available) raise
+    MemoryError naming the estimated pair count at once, before any large allocation."""
+    import time
+
+    from ase.build import bulk
+
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(n_side)
+    start = time.perf_counter()
+    for call in (
+        lambda: neighbor_list(atoms.positions, cutoff, atoms.cell.array, pbc),
+        lambda: neighbor_list_torch(
+            torch.tensor(atoms.positions),
+            cutoff,
+            torch.tensor(atoms.cell.array),
+            torch.tensor(np.broadcast_to(pbc, (3,)).copy()),
+        ),
+    ):
+        with pytest.raises(MemoryError, match=r"pairs estimated for 864 atoms .*GB of memory"):
+            call()
+    assert time.perf_counter() - start < 5.0
+
+
+def test_absurd_atom_count_is_refused_up_front():
+    """200,000 atoms within 20 A of each other (4e10 pairs, > 1 TB) are refused up front, also
+    by the batched op, which names the structure."""
+    pos = np.random.default_rng(0).uniform(0.0, 10.0, (200_000, 3))
+    with pytest.raises(MemoryError, match=r"e\+10 pairs estimated for 200000 atoms"):
+        neighbor_list(pos, 20.0)
+    pt = torch.from_numpy(pos)
+    with pytest.raises(MemoryError, match=r"structure 1: neighbor list too large"):
+        neighbor_list_batch_torch(
+            pt,
+            torch.zeros(2, 3, 3, dtype=torch.float64),
+            torch.zeros(2, 3, dtype=torch.bool),
+            torch.tensor([0, 10, len(pos)]),
+            20.0,
+        )
+
+
+def test_large_cutoffs_that_fit_are_not_refused():
+    """No false refusal: one atom in a 1 A periodic cell with a 20 A cutoff (33,500 images), and
+    a molecule with a 1e12 A cutoff (every pair, no overflow)."""
+    i, j, s = neighbor_list(np.zeros((1, 3)), 20.0, np.eye(3), True)
+    assert abs(len(i) - 4.0 / 3.0 * np.pi * 20.0**3) < 0.01 * len(i)
+    check_vectors(np.zeros((1, 3)), 20.0, np.eye(3), i, j, s)
+    pos = np.random.default_rng(1).uniform(0, 3, (7, 3))
+    i, j, s = neighbor_list(pos, 1e12)
+    assert len(i) == 7 * 6 and not s.any()

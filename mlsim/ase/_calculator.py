@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+
+from mlsim.models._properties import MIN_DISTANCE
 
 __all__ = ["MLCalculator"]
 
@@ -23,6 +26,17 @@ class MLCalculator(Calculator):
     unchanged and no atom moved by skin/2 or more since it was built (so no pair can have come
     within the cutoff unseen). skin=0 disables reuse: the model builds its own list every call.
     `neighbor_list_builds` counts the lists built here.
+
+    Errors name the structure and atoms: unknown elements or atomic numbers outside 1..118, two
+    atoms closer than `min_distance` (default 0.1 A; None disables the check), NaN/inf results
+    (ValueError), a neighbor list too large for memory (MemoryError).
+
+    Thread safety: one calculator may be shared by several threads. A lock makes each
+    calculation and the reading of its results (get_potential_energy, get_forces, get_stress,
+    get_property, calculate_properties) one atomic step, so a thread never sees the results of
+    another thread's structure; the threads then take turns. For parallel speed give each thread
+    its own calculator (they can share one model). Reading `calc.results` directly after
+    `calc.calculate(...)` is not protected: use the get_* methods.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "uncertainty"]
@@ -33,13 +47,21 @@ class MLCalculator(Calculator):
         device: str = "cpu",
         dtype: torch.dtype | None = None,
         skin: float = 0.5,
+        min_distance: float | None = MIN_DISTANCE,
         **kwargs: Any,
     ) -> None:
-        """Load the model (if a path) onto `device`; dtype casts a private copy; skin in A."""
+        """Load the model (if a path) onto `device`; dtype casts a private copy; lengths in A."""
+        # Reentrant: calculate() runs inside get_property(), both take it.
+        self._lock = threading.RLock()
         super().__init__(**kwargs)
         skin = float(skin)
         if not np.isfinite(skin) or skin < 0:
             raise ValueError(f"skin must be a finite distance >= 0 Angstrom, got {skin}")
+        if min_distance is not None and not (np.isfinite(min_distance) and min_distance >= 0):
+            raise ValueError(
+                f"min_distance must be a distance >= 0 Angstrom or None, got {min_distance}"
+            )
+        self.min_distance = None if min_distance is None else float(min_distance)
         from mlsim.openmm._module import model_dtype, resolve_model
 
         model = resolve_model(model, device)
@@ -58,6 +80,27 @@ class MLCalculator(Calculator):
         self.reuse_pairs = skin > 0 and hasattr(model, "energy_from_pairs")
         self.neighbor_list_builds = 0
         self._list: dict[str, Any] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle/deepcopy support: a lock cannot be copied, the copy gets its own."""
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore a pickled/copied calculator with a fresh lock."""
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
+    def get_property(self, name: str, atoms: Any = None, allow_calculation: bool = True) -> Any:
+        """ASE's get_property (calculate if needed, then read the result) under the lock."""
+        with self._lock:
+            return super().get_property(name, atoms, allow_calculation)
+
+    def calculate_properties(self, atoms: Any, properties: list[str]) -> dict[str, Any]:
+        """ASE's calculate_properties under the lock."""
+        with self._lock:
+            return super().calculate_properties(atoms, properties)
 
     def _pairs(self, atoms: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Half pair list (i, j, int64 shifts) within cutoff + skin, rebuilt only when needed."""
@@ -122,7 +165,17 @@ class MLCalculator(Calculator):
         properties: list[str] | tuple[str, ...] = ("energy",),
         system_changes: list[str] = all_changes,
     ) -> None:
-        """Evaluate the model for `atoms` and fill self.results."""
+        """Evaluate the model for `atoms` and fill self.results (under the calculator's lock)."""
+        with self._lock:
+            self._calculate(atoms, properties, system_changes)
+
+    def _calculate(
+        self,
+        atoms: Any,
+        properties: list[str] | tuple[str, ...],
+        system_changes: list[str],
+    ) -> None:
+        """calculate() proper; the caller holds the lock."""
         from mlsim.models import compute_properties
 
         super().calculate(atoms, properties, system_changes)
@@ -145,6 +198,7 @@ class MLCalculator(Calculator):
             forces=True,
             stress=want_stress,
             pairs=pairs,
+            min_distance=self.min_distance,
         )
         energy = float(out["energy"].detach().sum())
         self.results["energy"] = energy

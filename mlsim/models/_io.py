@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import struct
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -90,35 +93,105 @@ def _ensure_ops() -> None:
         pass
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
-    """Load a model.pt (TorchScript) for inference; needs only torch and mlsim's ops."""
+def _check_device(path: Path, device: str | torch.device) -> torch.device:
+    """The torch.device to load onto, or a ValueError saying why it cannot be used."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"cannot load {path}: bad device {device!r} ({exc})") from None
+    if dev.type == "cuda":
+        # torch would report this as a deserialization failure of the archive itself.
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"cannot load {path} on device {str(dev)!r}: CUDA is not available on this machine "
+                f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); "
+                "use device='cpu'"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"cannot load {path} on device {str(dev)!r}: only "
+                f"{torch.cuda.device_count()} CUDA device(s) are visible"
+            )
+    return dev
+
+
+def _check_archive(path: Path) -> None:
+    """Raise ValueError unless `path` is a complete zip archive whose every member passes its CRC.
+
+    torch.jit.load does not verify the CRCs, so flipped bytes in the weights load silently and
+    give NaN or wrong energies. This is zipfile.testzip's loop (read every member to its end,
+    where zipfile compares the CRC), but every failure names the damaged member.
+    """
+    # What a damaged zip directory raises besides BadZipFile: undecodable names (ValueError),
+    # impossible offsets or sizes (OSError, EOFError, struct.error, OverflowError).
+    damaged = (
+        zipfile.BadZipFile,
+        ValueError,
+        EOFError,
+        struct.error,
+        OverflowError,
+        NotImplementedError,
+        zlib.error,
+    )
+    try:
+        archive = zipfile.ZipFile(path)
+    except (PermissionError, IsADirectoryError):
+        raise
+    except (*damaged, OSError) as exc:
+        raise ValueError(
+            f"{path} is truncated, damaged or not an mlsim model (not a readable zip "
+            f"archive: {exc}); model files are written by mlsim.models.save_model"
+        ) from None
+    with archive:
+        for info in archive.infolist():
+            try:
+                with archive.open(info) as fh:
+                    while fh.read(1 << 20):
+                        pass
+            except (*damaged, OSError) as exc:
+                raise ValueError(
+                    f"{path} is damaged: archive member {info.filename!r} fails its integrity "
+                    f"check ({exc}); restore the file from a good copy"
+                ) from None
+
+
+def _load_archive(path: str | os.PathLike, device: str | torch.device) -> tuple[nn.Module, dict]:
+    """Checked load of a model.pt: (scripted model on `device`, parsed metadata)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
+    dev = _check_device(path, device)
+    _check_archive(path)
     _ensure_ops()
     files = {_META: ""}
     try:
-        model = torch.jit.load(str(path), map_location=device, _extra_files=files)
-    except RuntimeError as exc:
+        model = torch.jit.load(str(path), map_location=dev, _extra_files=files)
+    except Exception as exc:  # any failure to deserialize means the file is not a usable model
         raise ValueError(f"{path} is not a TorchScript model archive: {exc}") from exc
     if not files[_META]:
         raise ValueError(
             f"{path} has no mlsim metadata; was it written by mlsim.models.save_model?"
         )
+    try:
+        meta = json.loads(files[_META])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: the mlsim metadata ({_META}) is not valid JSON: {exc}") from None
+    return model, meta
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """Load a model.pt (TorchScript) for inference; needs only torch and mlsim's ops.
+
+    Raises FileNotFoundError for a missing file and ValueError naming the file for a truncated,
+    damaged (failed CRC) or foreign file, or a device that is not available.
+    """
+    model, _ = _load_archive(path, device)
     return model.eval()
 
 
 def load_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """Read the JSON metadata (spec, elements, cutoff, units, versions) of a saved model."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
-    _ensure_ops()
-    files = {_META: ""}
-    torch.jit.load(str(path), map_location="cpu", _extra_files=files)
-    if not files[_META]:
-        raise ValueError(f"{path} has no mlsim metadata")
-    return json.loads(files[_META])
+    return _load_archive(path, "cpu")[1]
 
 
 def load_trainable(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:

@@ -1,11 +1,168 @@
-"""Energies, forces (-dE/dR) and stress (strain derivative / volume) from any mlsim model."""
+"""Energies, forces (-dE/dR) and stress (strain derivative / volume) from any mlsim model.
+
+compute_properties is where mlsim evaluates a model for a user (ASE calculator, `mlsim evaluate`,
+benchmarks), so it refuses inputs the models cannot describe (unknown elements, overlapping atoms)
+and outputs that are not numbers (NaN/inf from a damaged model), naming the structure and atoms.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["compute_properties"]
+__all__ = ["MIN_DISTANCE", "check_atomic_numbers", "check_min_distance", "compute_properties"]
+
+# Closer than this (Angstrom) two atoms overlap: no model was trained there (the shortest bond,
+# H2, is 0.74 A) and coincident atoms give NaN (a zero-length pair vector has no direction).
+MIN_DISTANCE = 0.1
+_MAX_Z = 118
+
+
+def _symbol(z: int) -> str:
+    """Chemical symbol of atomic number z, or 'Z=z' when z is not an element."""
+    if 1 <= z <= _MAX_Z:
+        from ase.data import chemical_symbols
+
+        return chemical_symbols[z]
+    return f"Z={z}"
+
+
+def _formula(numbers: Tensor) -> str:
+    """Chemical formula (Hill order as ASE writes it) of the atomic numbers of one structure."""
+    zs = [int(z) for z in numbers.tolist()]
+    if all(1 <= z <= _MAX_Z for z in zs):
+        from ase.symbols import Symbols
+
+        return Symbols(zs).get_chemical_formula()
+    return f"{len(zs)} atoms"
+
+
+def _structure(numbers: Tensor, batch: Tensor, b: int, first_structure: int) -> str:
+    """Names structure b of a batch for an error message: index and formula."""
+    sel = numbers[batch == b]
+    return f"structure {first_structure + b} ({_formula(sel)}, {sel.numel()} atoms)"
+
+
+def _atoms_list(indices: list[int], limit: int = 5) -> str:
+    """'atom 3' or 'atoms 3, 7, 9, ...' for a message."""
+    more = ", ..." if len(indices) > limit else ""
+    head = ", ".join(str(k) for k in indices[:limit])
+    return ("atom " if len(indices) == 1 else "atoms ") + head + more
+
+
+def check_atomic_numbers(numbers: Sequence[int] | Tensor, known: Sequence[int] | None) -> None:
+    """Raise ValueError naming atoms whose Z is not 1..118, or not in `known` when given."""
+    t = torch.as_tensor(numbers)
+    if t.numel() == 0:
+        return
+    ok = (t >= 1) & (t <= _MAX_Z)
+    if known is not None:
+        ok = ok & torch.isin(t, torch.tensor([int(z) for z in known], device=t.device))
+    if bool(ok.all()):
+        return
+    zs = [int(z) for z in t.tolist()]
+    invalid = sorted({z for z in zs if not 1 <= z <= _MAX_Z})
+    if invalid:
+        z = invalid[0]
+        where = _atoms_list([k for k, x in enumerate(zs) if x == z])
+        raise ValueError(
+            f"the system contains atomic number {z} at {where}, which is not an element "
+            f"(atomic numbers are 1..{_MAX_Z})"
+        )
+    if known is None:
+        return
+    have = {int(z) for z in known}
+    missing = sorted(set(zs) - have)
+    if missing:
+        names = ", ".join(f"{_symbol(z)} (Z={z})" for z in missing)
+        where = "; ".join(
+            f"{_symbol(z)} at {_atoms_list([k for k, x in enumerate(zs) if x == z])}"
+            for z in missing
+        )
+        known_names = ", ".join(_symbol(int(z)) for z in known)
+        raise ValueError(
+            f"the system contains {names}, which the model does not know (it has {known_names}): "
+            f"{where}"
+        )
+
+
+def check_min_distance(
+    numbers: Tensor,
+    positions: Tensor,
+    cell: Tensor,
+    pbc: Tensor,
+    batch: Tensor,
+    min_distance: float = MIN_DISTANCE,
+    first_structure: int = 0,
+) -> None:
+    """Raise ValueError naming the closest two atoms (and distance) if any are < min_distance A.
+
+    Periodic images count; indices are those inside the structure, elements by symbol.
+    """
+    from mlsim.models._graph import neighbor_pairs
+
+    pos = positions.detach()
+    c = cell.detach().to(pos.dtype)
+    i, j, shifts = neighbor_pairs(pos, c, pbc, batch, float(min_distance))
+    if i.numel() == 0:
+        return
+    vec = pos[j] - pos[i] + torch.bmm(shifts.to(pos.dtype).unsqueeze(1), c[batch[i]]).squeeze(1)
+    dist = vec.norm(dim=1)
+    k = int(torch.argmin(dist))
+    a, b = int(i[k]), int(j[k])
+    s = int(batch[a])
+    # Indices inside the structure: the caller's atoms.positions index for a single structure.
+    la, lb = int((batch[:a] == s).sum()), int((batch[:b] == s).sum())
+    za, zb = int(numbers[a]), int(numbers[b])
+    first = f"atom {la} ({_symbol(za)})"
+    second = "its own periodic image" if a == b else f"atom {lb} ({_symbol(zb)})"
+    raise ValueError(
+        f"{first} and {second} of {_structure(numbers, batch, s, first_structure)} are "
+        f"{float(dist[k]):.3g} A apart, closer than {min_distance} A: overlapping atoms have no "
+        "defined energy (NaN forces); check the positions (duplicated atoms?)"
+    )
+
+
+def _neighbor_memory_error(exc: RuntimeError) -> MemoryError | None:
+    """The MemoryError for a neighbor list that did not fit, raised inside a TorchScript model."""
+    for line in str(exc).splitlines():
+        if "neighbor list too large" in line:
+            return MemoryError(line.split("RuntimeError: ", 1)[-1].strip())
+    return None
+
+
+def _check_finite(
+    out: dict[str, Tensor], numbers: Tensor, batch: Tensor, first_structure: int
+) -> None:
+    """Raise ValueError naming the structures whose energy, forces or stress are NaN or infinite."""
+    parts = {k: v.detach() for k, v in out.items()}
+    ok = torch.isfinite(parts["energy"]).all()
+    for v in parts.values():
+        ok = ok & torch.isfinite(v).all()
+    if bool(ok):
+        return
+    n_structures = parts["energy"].shape[0]
+    bad: dict[int, list[str]] = {}
+    for b in torch.nonzero(~torch.isfinite(parts["energy"])).view(-1).tolist():
+        bad.setdefault(b, []).append("energy")
+    if "forces" in parts:
+        atom_bad = (~torch.isfinite(parts["forces"])).any(1).to(torch.long)
+        per = torch.zeros(n_structures, dtype=torch.long, device=atom_bad.device)
+        per = per.index_add(0, batch, atom_bad)
+        for b in torch.nonzero(per).view(-1).tolist():
+            bad.setdefault(b, []).append("forces")
+    if "stress" in parts:
+        for b in torch.nonzero(~torch.isfinite(parts["stress"]).flatten(1).all(1)).tolist():
+            bad.setdefault(b[0], []).append("stress")
+    first = min(bad)
+    more = f" (and {len(bad) - 1} more structures)" if len(bad) > 1 else ""
+    raise ValueError(
+        f"the model returned non-finite (NaN or inf) {' and '.join(bad[first])} for "
+        f"{_structure(numbers, batch, first, first_structure)}{more}; the model file may be "
+        "damaged or the structure far outside its training data"
+    )
 
 
 def compute_properties(
@@ -19,6 +176,9 @@ def compute_properties(
     stress: bool = False,
     create_graph: bool = False,
     pairs: tuple[Tensor, Tensor, Tensor] | None = None,
+    min_distance: float | None = MIN_DISTANCE,
+    check_finite: bool = True,
+    first_structure: int = 0,
 ) -> dict[str, Tensor]:
     """Evaluate a batch: "energy" (B,) eV, "forces" (N,3) eV/A, "stress" (B,3,3) eV/A^3 (ASE sign).
 
@@ -26,6 +186,11 @@ def compute_properties(
     pairs=(i, j, shifts): a precomputed half list (global indices, int64 image shifts) passed to
     model.energy_from_pairs instead of letting the model build one; the shifts are integers, so
     the list stays valid under the strain used for the stress.
+
+    Raises ValueError for atomic numbers outside 1..118 or unknown to the model, for two atoms
+    closer than min_distance A (None: no check), and, with check_finite, for NaN/inf results;
+    the messages name the structure (first_structure + its index in the batch) and the atoms.
+    MemoryError when the model's neighbor list cannot fit in memory.
     """
     if positions.ndim != 2 or positions.shape[1] != 3 or positions.shape[0] != numbers.shape[0]:
         raise ValueError(
@@ -37,6 +202,10 @@ def compute_properties(
         raise ValueError("batch must give one structure index per atom")
     if not torch.isfinite(positions).all():
         raise ValueError("positions contain NaN or infinite values")
+    known = getattr(model, "elements", None)
+    check_atomic_numbers(numbers, [int(z) for z in known] if known is not None else None)
+    if min_distance is not None and min_distance > 0:
+        check_min_distance(numbers, positions, cell, pbc, batch, min_distance, first_structure)
     out: dict[str, Tensor] = {}
     pos = positions
     if forces and not pos.requires_grad:
@@ -57,12 +226,18 @@ def compute_properties(
         wrt.append(strain)
     else:
         pos_in, cell_in = pos, c
-    if pairs is None:
-        energy = model(numbers, pos_in, cell_in, pbc, batch)
-    else:
-        if not hasattr(model, "energy_from_pairs"):
-            raise ValueError("pairs were given but the model has no energy_from_pairs method")
-        energy = model.energy_from_pairs(numbers, pos_in, cell_in, pbc, batch, *pairs)
+    if pairs is not None and not hasattr(model, "energy_from_pairs"):
+        raise ValueError("pairs were given but the model has no energy_from_pairs method")
+    try:
+        if pairs is None:
+            energy = model(numbers, pos_in, cell_in, pbc, batch)
+        else:
+            energy = model.energy_from_pairs(numbers, pos_in, cell_in, pbc, batch, *pairs)
+    except RuntimeError as exc:  # TorchScript turns the op's MemoryError into a RuntimeError
+        oom = _neighbor_memory_error(exc)
+        if oom is None:
+            raise
+        raise oom from exc
     out["energy"] = energy
     if wrt:
         grads = torch.autograd.grad(
@@ -81,4 +256,6 @@ def compute_properties(
             g = grads[k]
             g = g if g is not None else torch.zeros_like(c)
             out["stress"] = g / volume.view(-1, 1, 1)
+    if check_finite:
+        _check_finite(out, numbers, batch, first_structure)
     return out

@@ -38,19 +38,14 @@ def model_dtype(model: torch.nn.Module) -> torch.dtype:
 
 
 def check_elements(model: torch.nn.Module, numbers: Sequence[int]) -> None:
-    """Raise a ValueError naming every element of the system the model was not trained on."""
+    """Raise a ValueError naming every element (and its atoms) that the model was not trained on,
+    or any atomic number that is not an element (outside 1..118)."""
+    from mlsim.models._properties import check_atomic_numbers
+
     known = [int(z) for z in getattr(model, "elements", [])]
     if not known:
         raise ValueError("the model has no `elements` attribute; is it an mlsim model?")
-    missing = sorted({int(z) for z in numbers} - set(known))
-    if missing:
-        from ase.data import chemical_symbols
-
-        names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in missing)
-        have = ", ".join(chemical_symbols[z] for z in known)
-        raise ValueError(
-            f"the system contains {names}, which the model does not know (it has {have})"
-        )
+    check_atomic_numbers([int(z) for z in numbers], known)
 
 
 class OpenMMEnergy(torch.nn.Module):

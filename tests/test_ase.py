@@ -123,14 +123,30 @@ def test_ensemble_uncertainty_is_member_spread():
     ens = torch.jit.script(models.Ensemble(members))
     atoms = ethanol().to_atoms()
     atoms.calc = MLCalculator(ens)
-    single = []
+    single, single_f = [], []
     for m in members:
         b = atoms.copy()
         b.calc = MLCalculator(m)
         single.append(b.get_potential_energy())
+        single_f.append(b.get_forces())
     assert atoms.get_potential_energy() == pytest.approx(np.mean(single), rel=1e-10)
     assert atoms.calc.get_property("uncertainty", atoms) == pytest.approx(np.std(single), rel=1e-8)
-    assert atoms.get_forces().shape == (9, 3)
+    # Committee forces: the mean of the members' forces; per-atom spread: RMS over members of
+    # |F_k,i - mean F_i|, both against the members evaluated one by one.
+    f = np.array(single_f)
+    np.testing.assert_allclose(atoms.get_forces(), f.mean(0), rtol=0, atol=1e-10)
+    spread = np.sqrt(((f - f.mean(0)) ** 2).sum(-1).mean(0))
+    got = atoms.calc.get_property("forces_uncertainty", atoms)
+    assert got.shape == (9,) and spread.min() > 0
+    np.testing.assert_allclose(got, spread, rtol=1e-8, atol=1e-12)
+    # Stress requested on a periodic copy (box far larger than the cutoff, so no image
+    # interacts): the same spread through the stress path.
+    per = atoms.copy()
+    per.cell, per.pbc = np.eye(3) * 12.0, True
+    per.center()
+    per.calc = MLCalculator(ens)
+    per.get_stress()
+    np.testing.assert_allclose(per.calc.results["forces_uncertainty"], spread, rtol=1e-8)
     plain = ethanol().to_atoms()
     plain.calc = MLCalculator(painn())
     with pytest.raises(PropertyNotImplementedError, match="ensemble"):

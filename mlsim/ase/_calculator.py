@@ -11,6 +11,7 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from mlsim.models._properties import MIN_DISTANCE
+from mlsim.models._uncertainty import committee_properties
 
 __all__ = ["MLCalculator"]
 
@@ -19,7 +20,10 @@ class MLCalculator(Calculator):
     """Drop-in ASE calculator for an mlsim model (a model.pt path or a loaded/eager model).
 
     Results are in ASE units: energy/free_energy eV, forces eV/A, stress eV/A^3 (Voigt, ASE sign)
-    and, for ensembles, "uncertainty": the standard deviation of the member energies (eV).
+    and, for ensembles (committees), "uncertainty": the standard deviation of the member energies
+    (eV), and "forces_uncertainty": per atom (N,), the root mean square over members of the
+    deviation of each member's force from the committee mean (eV/A). Raw spreads: multiply by a
+    calibration scale (mlsim.models.calibrate, `mlsim evaluate --json`) for expected errors.
 
     The pair list comes from mlsim's C++ neighbor list with cutoff + skin and is passed to the
     model's `energy_from_pairs`; it is reused while the atoms (count, numbers), cell and pbc are
@@ -39,7 +43,14 @@ class MLCalculator(Calculator):
     `calc.calculate(...)` is not protected: use the get_* methods.
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "stress", "uncertainty"]
+    implemented_properties = [
+        "energy",
+        "free_energy",
+        "forces",
+        "stress",
+        "uncertainty",
+        "forces_uncertainty",
+    ]
 
     def __init__(
         self,
@@ -187,6 +198,26 @@ class MLCalculator(Calculator):
             )
         numbers, positions, cell, pbc, batch = self._inputs(atoms)
         pairs = self._pairs(atoms) if self.reuse_pairs else None
+        if self.is_ensemble:
+            # One forward pass of every member and one backward pass each: the committee means,
+            # the energy spread and the per-atom force spread for about the cost of the mean.
+            committee = committee_properties(
+                self.model, numbers, positions, cell, pbc, batch, pairs, self.min_distance
+            )
+            self.results["uncertainty"] = float(committee["energy_std"][0])
+            self.results["forces_uncertainty"] = (
+                committee["forces_std"].cpu().to(torch.float64).numpy()
+            )
+            if not want_stress:
+                energy = float(committee["energy"].sum())
+                self.results["energy"] = energy
+                self.results["free_energy"] = energy
+                self.results["forces"] = committee["forces"].cpu().to(torch.float64).numpy()
+                return
+        elif "uncertainty" in properties or "forces_uncertainty" in properties:
+            raise PropertyNotImplementedError(
+                "uncertainty needs an ensemble model (a committee: train with `ensemble: 4`)"
+            )
         # Forces come with every call: MD and optimisers always ask for them next.
         out = compute_properties(
             self.model,
@@ -208,18 +239,4 @@ class MLCalculator(Calculator):
             s = out["stress"].detach().cpu().to(torch.float64).numpy()[0]
             self.results["stress"] = np.array(
                 [s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]]
-            )
-        if self.is_ensemble:
-            with torch.no_grad():
-                if pairs is None:
-                    members = self.model.member_energies(numbers, positions, cell, pbc, batch)
-                else:
-                    members = self.model.member_energies_from_pairs(
-                        numbers, positions, cell, pbc, batch, *pairs
-                    )
-            # Unbiased spread over members would be undefined for M = 1; use the population std.
-            self.results["uncertainty"] = float(members[:, 0].std(unbiased=False))
-        elif "uncertainty" in properties:
-            raise PropertyNotImplementedError(
-                "uncertainty needs an ensemble model (member_energies)"
             )

@@ -19,7 +19,18 @@ import mlsim
 __all__ = ["build_parser", "main"]
 
 # The pipeline order, so `mlsim --help` reads like the workflow; unknown names sort after these.
-_ORDER = ["data", "label", "train", "evaluate", "export", "md", "propagate", "analyze", "bench"]
+_ORDER = [
+    "data",
+    "label",
+    "train",
+    "evaluate",
+    "learn",
+    "export",
+    "md",
+    "propagate",
+    "analyze",
+    "bench",
+]
 
 
 def _command_modules() -> list[ModuleType]:

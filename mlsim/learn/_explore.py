@@ -1,0 +1,177 @@
+"""Exploration: Langevin MD walkers driven by the current committee, recording confident-enough frames.
+
+Each walker runs ASE Langevin dynamics with the committee's mean forces and, every `record_every`
+steps, records the frame with its maximum per-atom force spread. A walker stops early when the
+spread passes `upper` (it has left the region where the committee can be trusted, so its later
+frames would be unphysical) or its geometry becomes unphysical (a bond broken or formed, atoms
+too close): both are reported, neither is an error.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mlsim.data import Structure
+from mlsim.learn._config import LearnConfig
+
+__all__ = ["WalkerResult", "bond_matrix", "explore", "geometry_problem"]
+
+
+def bond_matrix(numbers: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Bonded pairs (N, N) of a reference geometry: closer than 1.2x the sum of covalent radii."""
+    from ase.data import covalent_radii
+
+    r = covalent_radii[np.asarray(numbers)]
+    d = np.linalg.norm(positions[:, None] - positions[None], axis=-1)
+    bonded = d < 1.2 * (r[:, None] + r[None])
+    np.fill_diagonal(bonded, False)
+    return bonded
+
+
+def geometry_problem(
+    numbers: np.ndarray, positions: np.ndarray, bonded: np.ndarray, min_distance: float
+) -> str | None:
+    """Describe a broken/formed bond or a close contact (hysteresis 1.5x / 1.0x radii), else None."""
+    from ase.data import chemical_symbols, covalent_radii
+
+    r = covalent_radii[np.asarray(numbers)]
+    d = np.linalg.norm(positions[:, None] - positions[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    ratio = d / (r[:, None] + r[None])
+
+    def name(k: int) -> str:
+        return f"{chemical_symbols[int(numbers[k])]}{k}"
+
+    i, j = np.unravel_index(np.argmin(d), d.shape)
+    if d[i, j] < min_distance:
+        return f"atoms {name(i)} and {name(j)} are {d[i, j]:.2f} A apart"
+    broken = np.argwhere(np.triu(bonded & (ratio > 1.5)))
+    if len(broken):
+        i, j = broken[0]
+        return f"bond {name(i)}-{name(j)} broke ({d[i, j]:.2f} A)"
+    formed = np.argwhere(np.triu(~bonded & (ratio < 1.0), 1))
+    if len(formed):
+        i, j = formed[0]
+        return f"new bond {name(i)}-{name(j)} formed ({d[i, j]:.2f} A)"
+    return None
+
+
+@dataclass
+class WalkerResult:
+    """What one walker did: its frames, how far it got and why it stopped."""
+
+    temperature_K: float
+    walker: int
+    steps_run: int
+    stop_reason: str  # "completed", "uncertainty" or "geometry: ..."
+    max_uncertainty: float  # eV/A, over every recorded check
+    frames: list[Structure] = field(default_factory=list)
+    forces_mean: list[np.ndarray] = field(default_factory=list)  # (n, 3) eV/A per frame
+    forces_std: list[np.ndarray] = field(default_factory=list)  # (n,) eV/A per frame
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-safe summary without the frames."""
+        return {
+            "temperature_K": self.temperature_K,
+            "walker": self.walker,
+            "steps_run": self.steps_run,
+            "stop_reason": self.stop_reason,
+            "max_uncertainty": self.max_uncertainty,
+            "n_frames": len(self.frames),
+        }
+
+
+def explore(
+    model: Any,
+    starts: list[Structure],
+    cfg: LearnConfig,
+    iteration: int,
+    progress: bool = True,
+) -> list[WalkerResult]:
+    """Run every walker of one iteration (temperatures x walkers) with the committee `model`."""
+    from ase import units
+    from ase.constraints import FixCom
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
+    from tqdm import tqdm
+
+    from mlsim.ase import MLCalculator
+
+    calc = model if isinstance(model, MLCalculator) else MLCalculator(model)
+    if not calc.is_ensemble:
+        raise ValueError("exploration needs a committee model (train with `ensemble: 2` or more)")
+    n_checks = cfg.steps // cfg.record_every
+    results = []
+    bar = tqdm(
+        total=len(cfg.temperatures) * cfg.walkers * n_checks,
+        desc=f"explore {iteration}",
+        unit="check",
+        file=sys.stderr,
+        disable=not progress,
+    )
+    for t_idx, temp in enumerate(cfg.temperatures):
+        for w in range(cfg.walkers):
+            start = starts[(t_idx * cfg.walkers + w) % len(starts)]
+            rng = np.random.default_rng([cfg.seed, iteration, t_idx, w])
+            atoms = start.to_atoms()
+            atoms.info.clear()
+            atoms.calc = calc
+            # FixCom + fixcm=False, as in mlsim.data.sample: the correct NVT ensemble.
+            atoms.set_constraint(FixCom())
+            thermalize_momenta(atoms, temp, rng=rng)
+            Stationary(atoms)
+            if not atoms.pbc.any():
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    ZeroRotation(atoms)
+            dyn = Langevin(
+                atoms,
+                timestep=cfg.timestep_fs * units.fs,
+                temperature_K=temp,
+                friction=cfg.friction_per_fs / units.fs,
+                fixcm=False,
+                rng=rng,
+            )
+            bonded = bond_matrix(atoms.numbers, atoms.positions)
+            res = WalkerResult(float(temp), w, 0, "completed", 0.0)
+            for check in range(n_checks):
+                dyn.run(cfg.record_every)
+                res.steps_run = (check + 1) * cfg.record_every
+                bar.update(1)
+                # Langevin's last force call was at the current positions: results are current.
+                u = np.asarray(calc.results["forces_uncertainty"])
+                u_max = float(u.max()) if u.size else 0.0
+                res.max_uncertainty = max(res.max_uncertainty, u_max)
+                problem = geometry_problem(atoms.numbers, atoms.positions, bonded, cfg.min_distance)
+                if problem is not None:
+                    res.stop_reason = f"geometry: {problem}"
+                    break
+                if u_max >= cfg.upper:
+                    res.stop_reason = "uncertainty"
+                    break
+                res.frames.append(
+                    Structure(
+                        numbers=atoms.numbers.copy(),
+                        positions=atoms.positions.copy(),
+                        cell=start.cell,
+                        pbc=start.pbc,
+                        info={
+                            "temperature_K": float(temp),
+                            "iteration": iteration,
+                            "walker": w,
+                            "time_fs": round(res.steps_run * cfg.timestep_fs, 6),
+                            "max_force_uncertainty": u_max,
+                            "energy_uncertainty": float(calc.results["uncertainty"]),
+                        },
+                    )
+                )
+                res.forces_mean.append(np.array(calc.results["forces"]))
+                res.forces_std.append(u.copy())
+            if res.stop_reason != "completed":
+                bar.update(n_checks - res.steps_run // cfg.record_every)
+            results.append(res)
+    bar.close()
+    return results

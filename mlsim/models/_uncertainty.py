@@ -1,0 +1,148 @@
+"""Committee uncertainty: per-atom force spread and energy spread of an ensemble, and its calibration.
+
+A committee's members were trained from different initial weights on the same data; where the data
+is, they agree, and away from it they disagree. The spread is therefore a cheap error *indicator*.
+It is not an error *estimate* until calibrated: `Calibration` fits one scale factor on labelled
+validation data so that the predicted per-atom force error matches the observed one on average,
+and reports how well the ranking holds (Spearman correlation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mlsim.models._properties import (
+    MIN_DISTANCE,
+    _check_finite,
+    check_atomic_numbers,
+    check_min_distance,
+)
+
+__all__ = ["Calibration", "calibrate", "committee_properties", "spearman"]
+
+
+def committee_properties(
+    model: nn.Module,
+    numbers: Tensor,
+    positions: Tensor,
+    cell: Tensor,
+    pbc: Tensor,
+    batch: Tensor,
+    pairs: tuple[Tensor, Tensor, Tensor] | None = None,
+    min_distance: float | None = MIN_DISTANCE,
+) -> dict[str, Tensor]:
+    """Mean and spread of an ensemble's energies (eV) and forces (eV/A) for one batch.
+
+    Returns "energy" (B,), "forces" (N, 3) (the committee means), "energy_std" (B,),
+    "forces_std" (N,): per atom, the root mean square over members of |F_k,i - mean_k F_k,i|, and
+    "member_forces" (M, N, 3). One forward pass of all members and one backward pass per member:
+    each backward touches only its own member's graph, so the total costs about as much as the
+    mean forces alone. The input checks and errors are those of compute_properties.
+    """
+    if not hasattr(model, "member_energies"):
+        raise ValueError(
+            "force uncertainty needs a committee (an ensemble model); train with `ensemble: 4`"
+        )
+    check_atomic_numbers(numbers, [int(z) for z in model.elements])
+    if not torch.isfinite(positions).all():
+        raise ValueError("positions contain NaN or infinite values")
+    if min_distance is not None and min_distance > 0:
+        check_min_distance(numbers, positions, cell, pbc, batch, min_distance)
+    pos = positions.detach().requires_grad_(True)
+    if pairs is None:
+        members = model.member_energies(numbers, pos, cell, pbc, batch)
+    else:
+        members = model.member_energies_from_pairs(numbers, pos, cell, pbc, batch, *pairs)
+    n_members = members.shape[0]
+    forces = []
+    for k in range(n_members):
+        (g,) = torch.autograd.grad(
+            members[k].sum(), pos, retain_graph=k + 1 < n_members, allow_unused=True
+        )
+        forces.append(-g if g is not None else torch.zeros_like(pos))
+    member_forces = torch.stack(forces).detach()
+    members = members.detach()
+    mean_f = member_forces.mean(0)
+    dev = member_forces - mean_f
+    out = {
+        "energy": members.mean(0),
+        "forces": mean_f,
+        # Population spread: a committee of M = 1 has spread 0, not NaN.
+        "energy_std": members.std(0, unbiased=False),
+        "forces_std": (dev * dev).sum(-1).mean(0).sqrt(),
+        "member_forces": member_forces,
+    }
+    # A NaN in any member reaches the means, so checking the means covers every member.
+    _check_finite({"energy": out["energy"], "forces": out["forces"]}, numbers, batch, 0)
+    return out
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rank correlation of two 1-D arrays (average ranks for ties)."""
+    from scipy.stats import spearmanr
+
+    x, y = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
+    if x.shape != y.shape or x.size < 3:
+        raise ValueError("spearman needs two arrays of the same length >= 3")
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(spearmanr(x, y).statistic)
+
+
+@dataclass
+class Calibration:
+    """Maps a committee's per-atom force spread to an expected per-atom force error (eV/A)."""
+
+    scale: float  # predicted error = scale * spread
+    spearman: float  # rank correlation of spread and observed per-atom error
+    n_atoms: int
+    rmse_observed: float  # eV/A, per-atom error norm, RMS over atoms
+    rmse_predicted: float  # eV/A, RMS of scale * spread over the same atoms
+    miscalibration_area: float  # mean |observed - expected| fraction over the error quantiles
+
+    def __call__(self, spread: np.ndarray) -> np.ndarray:
+        """Expected per-atom force error norm (eV/A) for a spread (eV/A)."""
+        return self.scale * np.asarray(spread)
+
+    def to_dict(self) -> dict[str, float]:
+        """Plain dict for JSON."""
+        return asdict(self)
+
+
+def calibrate(spread: np.ndarray, error: np.ndarray) -> Calibration:
+    """Fit `scale` so that scale*spread is the expected per-atom force error norm (eV/A).
+
+    spread and error are per atom (eV/A): committee spread (`forces_std`) and the norm of
+    (reference - committee mean) force. Error model: isotropic Gaussian per atom with
+    E|e_i|^2 = (scale * s_i)^2, i.e. sigma = scale*s_i/sqrt(3) per component; the maximum-likelihood
+    scale is scale^2 = mean(e_i^2 / s_i^2).
+    """
+    s = np.asarray(spread, dtype=float).ravel()
+    e = np.asarray(error, dtype=float).ravel()
+    if s.shape != e.shape or s.size < 3:
+        raise ValueError("calibrate needs per-atom spread and error arrays of equal length >= 3")
+    if not (np.isfinite(s).all() and np.isfinite(e).all()):
+        raise ValueError("calibrate: spread or error contains NaN or infinite values")
+    floor = max(1e-12, 1e-6 * float(s.max()))
+    s_safe = np.maximum(s, floor)
+    scale = float(np.sqrt(np.mean(e**2 / s_safe**2)))
+    predicted = scale * s_safe
+    # Under the model, 3|e|^2 / predicted^2 is chi-square with 3 degrees of freedom: compare the
+    # fraction of atoms below each quantile with the nominal fraction.
+    from scipy.stats import chi2
+
+    z = 3.0 * (e / predicted) ** 2
+    levels = np.linspace(0.05, 0.95, 19)
+    observed = np.array([(z <= chi2.ppf(q, 3)).mean() for q in levels])
+    return Calibration(
+        scale=scale,
+        spearman=spearman(s, e),
+        n_atoms=int(s.size),
+        rmse_observed=float(np.sqrt(np.mean(e**2))),
+        rmse_predicted=float(np.sqrt(np.mean(predicted**2))),
+        miscalibration_area=float(np.mean(np.abs(observed - levels))),
+    )

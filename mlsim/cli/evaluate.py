@@ -24,6 +24,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--energy-unit", help="npz energy unit, e.g. kcal/mol, eV, hartree (MD17: kcal/mol)"
     )
     parser.add_argument("--length-unit", help="npz length unit, e.g. angstrom, bohr, nm")
+    parser.add_argument(
+        "--uncertainty-csv",
+        metavar="CSV",
+        help="committee models: per-structure errors beside the committee spread (eV, eV/A)",
+    )
+    parser.add_argument(
+        "--calibration-plot",
+        metavar="PNG",
+        help="committee models: observed vs predicted per-atom force error",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
     if not any(s.energy is not None or s.forces is not None for s in structures):
         raise ValueError(f"{args.data} has no energy or force labels to compare with")
     metrics = evaluate(model, structures, batch_size=args.batch_size, progress=not args.no_progress)
+    if hasattr(model, "member_energies"):
+        metrics["uncertainty"] = _uncertainty(model, structures, args)
+    elif args.uncertainty_csv or args.calibration_plot:
+        raise ValueError(f"{args.model} is not a committee (ensemble): it has no uncertainty")
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -55,4 +69,45 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"force  MAE {m['force_mae_meV_per_A']} meV/A     RMSE {m['force_rmse_meV_per_A']} meV/A"
         )
+        u = metrics.get("uncertainty")
+        if u:
+            c = u["calibration"]
+            print(
+                f"committee: per-atom force spread x {c['scale']:.2f} = expected error; "
+                f"Spearman(spread, error) {c['spearman']:.2f} per atom, "
+                f"{u['spearman_structure_max_force']:.2f} per structure (max over atoms)"
+            )
     return 0
+
+
+def _uncertainty(model: object, structures: list, args: argparse.Namespace) -> dict[str, object]:
+    """Committee spread vs observed error: calibration, rank correlations, optional CSV and plot."""
+    import numpy as np
+
+    from mlsim._fileio import write_text
+    from mlsim.models._uncertainty import (
+        calibrate,
+        committee_errors,
+        plot_calibration,
+        spearman,
+    )
+
+    r = committee_errors(model, structures, progress=not args.no_progress)
+    cal = calibrate(r["force_std"], r["force_error"])
+    out: dict[str, object] = {
+        "calibration": cal.to_dict(),
+        "spearman_structure_max_force": spearman(r["max_force_std"], r["max_force_error"]),
+        "mean_energy_std_meV_per_atom": float(np.mean(r["energy_std"] / r["n_atoms"]) * 1000.0),
+    }
+    if args.uncertainty_csv:
+        cols = ["energy_error", "energy_std", "max_force_error", "max_force_std", "n_atoms"]
+        lines = [
+            "# units: eV (energy), eV/A (forces); errors are model - reference",
+            "index," + ",".join(cols),
+        ]
+        for k in range(len(r["n_atoms"])):
+            lines.append(f"{r['index'][k]}," + ",".join(f"{r[c][k]:.8g}" for c in cols))
+        write_text(args.uncertainty_csv, "\n".join(lines) + "\n")
+    if args.calibration_plot:
+        plot_calibration(r["force_std"], r["force_error"], cal, args.calibration_plot)
+    return out

@@ -9,7 +9,9 @@ and reports how well the ranking holds (Spearman correlation).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +24,14 @@ from mlsim.models._properties import (
     check_min_distance,
 )
 
-__all__ = ["Calibration", "calibrate", "committee_properties", "spearman"]
+__all__ = [
+    "Calibration",
+    "calibrate",
+    "committee_errors",
+    "committee_properties",
+    "plot_calibration",
+    "spearman",
+]
 
 
 def committee_properties(
@@ -146,3 +155,96 @@ def calibrate(spread: np.ndarray, error: np.ndarray) -> Calibration:
         rmse_predicted=float(np.sqrt(np.mean(predicted**2))),
         miscalibration_area=float(np.mean(np.abs(observed - levels))),
     )
+
+
+def committee_errors(
+    model: nn.Module, structures: Sequence[Any], progress: bool = False
+) -> dict[str, np.ndarray]:
+    """Per structure and per atom: committee spread next to the observed error, for calibration.
+
+    Returns arrays over structures ("index" in `structures`, "energy_error" eV, "energy_std" eV, "max_force_error" and
+    "max_force_std" eV/A, "n_atoms") and over all atoms ("force_error" = |F_ref - F_mean|,
+    "force_std"), for structures that carry reference forces.
+    """
+    from tqdm import tqdm
+
+    dtype = next((b.dtype for b in model.buffers() if b.is_floating_point()), torch.float32)
+    rows: dict[str, list[Any]] = {
+        k: []
+        for k in (
+            "index",
+            "energy_error",
+            "energy_std",
+            "max_force_error",
+            "max_force_std",
+            "n_atoms",
+        )
+    }
+    atom_err: list[np.ndarray] = []
+    atom_std: list[np.ndarray] = []
+    for k, s in enumerate(tqdm(structures, desc="committee", disable=not progress)):
+        if s.forces is None:
+            continue
+        n = len(s)
+        cell = torch.as_tensor(
+            np.asarray(s.cell) if s.cell is not None else np.zeros((3, 3)), dtype=dtype
+        )
+        try:
+            out = committee_properties(
+                model,
+                torch.as_tensor(np.asarray(s.numbers), dtype=torch.long),
+                torch.as_tensor(np.asarray(s.positions), dtype=dtype),
+                cell.unsqueeze(0),
+                torch.as_tensor(np.asarray(s.pbc, dtype=bool)).view(1, 3),
+                torch.zeros(n, dtype=torch.long),
+            )
+        except ValueError as exc:
+            raise ValueError(f"structure {k}: {exc}") from exc
+        err = np.linalg.norm(np.asarray(s.forces) - out["forces"].double().numpy(), axis=1)
+        std = out["forces_std"].double().numpy()
+        atom_err.append(err)
+        atom_std.append(std)
+        e_ref = s.energy if s.energy is not None else np.nan
+        rows["energy_error"].append(float(out["energy"][0]) - e_ref)
+        rows["energy_std"].append(float(out["energy_std"][0]))
+        rows["max_force_error"].append(float(err.max()))
+        rows["max_force_std"].append(float(std.max()))
+        rows["n_atoms"].append(n)
+        rows["index"].append(k)
+    if not atom_err:
+        raise ValueError("no structure carries reference forces to compare the spread with")
+    result = {k: np.asarray(v) for k, v in rows.items()}
+    result["force_error"] = np.concatenate(atom_err)
+    result["force_std"] = np.concatenate(atom_std)
+    return result
+
+
+def plot_calibration(spread: np.ndarray, error: np.ndarray, cal: Calibration, path: Any) -> None:
+    """Observed vs predicted per-atom force error: binned RMS (points) and the scatter (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mlsim._fileio import atomic_path
+
+    pred = cal(spread)
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ax.loglog(pred, error, ".", ms=2, alpha=0.3, color="0.5", label="atoms")
+    edges = np.quantile(pred, np.linspace(0, 1, 11))
+    which = np.clip(np.searchsorted(edges, pred, side="right") - 1, 0, 9)
+    centers = [np.sqrt(np.mean(pred[which == b] ** 2)) for b in range(10) if (which == b).any()]
+    rms = [np.sqrt(np.mean(error[which == b] ** 2)) for b in range(10) if (which == b).any()]
+    ax.loglog(centers, rms, "o-", color="C3", label="binned RMS")
+    lo, hi = float(min(pred.min(), error[error > 0].min())), float(max(pred.max(), error.max()))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="ideal")
+    ax.set(
+        xlabel="predicted force error (eV/A) = scale x spread",
+        ylabel="observed |F_ref - F| (eV/A)",
+        title=f"scale {cal.scale:.2f}, Spearman {cal.spearman:.2f}",
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)

@@ -364,3 +364,103 @@ def test_split_by_trajectory_needs_two():
         an.split_by_trajectory(1)
     tr, te = an.split_by_trajectory(8, 0.25, seed=3)
     assert len(te) == 2 and len(tr) == 6 and not set(tr) & set(te)
+
+
+# --- frame spacing and warnings (issue: DCDs from `mlsim md` were read as 1 ps per frame) -----
+
+
+def _write_mlsim_dcds(trajs, folder, dt_ps):
+    """Write mdtraj trajectories the way mlsim does (mlsim.systems.write_dcd), dt_ps apart."""
+    from openmm import app
+
+    from mlsim.systems import write_dcd
+
+    top = app.PDBFile(str(ALANINE_PDB)).topology
+    paths = []
+    for i, t in enumerate(trajs):
+        p = folder / f"m{i}.dcd"
+        write_dcd(p, top, t.xyz.astype(np.float64), dt_ps)
+        paths.append(str(p))
+    return paths
+
+
+def test_frame_spacing_comes_from_the_files(alanine_set, tmp_path):
+    from mlsim.analysis._timestep import dcd_header_frame_interval_ps
+
+    trajs, _ = alanine_set
+    (a,) = _write_mlsim_dcds(trajs[:1], tmp_path, 0.05)
+    assert an.file_frame_interval_ps(a) == (0.05, "m0.dcd.json")
+    loaded = an.load_trajectories([a], str(ALANINE_PDB), stride=2)
+    assert an.resolve_frame_interval([a], loaded, None, stride=2)[0] == pytest.approx(0.1)
+    # Without the JSON the OpenMM header still says; a DCD from mdtraj does not.
+    (tmp_path / "m0.dcd.json").unlink()
+    assert dcd_header_frame_interval_ps(a) == pytest.approx(0.05)
+    assert an.file_frame_interval_ps(a)[0] == pytest.approx(0.05)
+    trajs[0].save_dcd(str(tmp_path / "md.dcd"))
+    value, why = an.file_frame_interval_ps(tmp_path / "md.dcd")
+    assert value is None and "not written by OpenMM" in why
+    with pytest.raises(ValueError, match=r"md.dcd .*Pass --dt-ps"):
+        an.resolve_frame_interval([tmp_path / "md.dcd"], trajs[:1], None)
+    # --dt-ps wins, with a warning when a file disagrees; XTC frames carry their times.
+    dt, _, warns = an.resolve_frame_interval([a], trajs[:1], 0.2, stride=3)
+    assert dt == pytest.approx(0.6) and "overrides the frame spacing 0.05 ps" in warns[0]
+    x = md.Trajectory(trajs[0].xyz, trajs[0].topology, time=np.arange(trajs[0].n_frames) * 0.02)
+    x.save_xtc(str(tmp_path / "t.xtc"))
+    t = an.load_trajectories([tmp_path / "t.xtc"], str(ALANINE_PDB), stride=2)
+    assert an.resolve_frame_interval([tmp_path / "t.xtc"], t, None, 2)[0] == pytest.approx(0.04)
+    with pytest.raises(ValueError, match="different frame spacings"):
+        an.resolve_frame_interval([a, tmp_path / "t.xtc"], trajs[:1] + t, None)
+
+
+def test_cli_analyze_requires_dt_when_the_files_do_not_say(alanine_set, tmp_path, capsys):
+    from mlsim.cli import main
+
+    trajs, _ = alanine_set
+    trajs[0].save_dcd(str(tmp_path / "a.dcd"))
+    assert main(["analyze", str(tmp_path / "a.dcd"), "--top", str(ALANINE_PDB)]) == 1
+    err = capsys.readouterr().err
+    assert "cannot tell the time between frames" in err and "--dt-ps" in err
+
+
+def test_cli_analyze_uses_file_spacing_and_warns(alanine_set, tmp_path, capsys):
+    from mlsim.cli import main
+
+    trajs, _ = alanine_set
+    paths = _write_mlsim_dcds(trajs, tmp_path, 0.05)
+    out = tmp_path / "out"
+    argv = ["analyze", *paths, "--top", str(ALANINE_PDB), "-o", str(out), "--stride", "2"]
+    argv += ["--clusters", "12", "--lags", "1,2,4,400", "--msm-lag", "20", "--bootstrap", "3"]
+    argv += ["--epochs", "4", "--lstm-epochs", "1", "--no-vampnet"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    s = json.loads((out / "summary.json").read_text())
+    assert s["dt_ps"] == pytest.approx(0.1) and s["dt_source"] == "<trajectory>.json"
+    np.testing.assert_allclose(s["msm"]["its_lagtimes_ps"], [0.1, 0.2, 0.4])
+    assert s["msm"]["lag_ps"] == pytest.approx(2.0)
+    assert s["total_time_ns"] == pytest.approx(4 * 300 * 0.1e-3)
+    warns = s["warnings"]
+    assert any("too few frames for lags [400]" in w for w in warns), warns
+    assert any("too few frames for lag 20" in w for w in warns), warns
+    for w in warns:
+        assert f"warning: {w}" in captured.err
+    assert f"{len(warns)} warnings" in captured.out
+
+
+def test_timescale_warnings_negative_and_unresolved():
+    from mlsim.analysis._pipeline import _timescale_warnings
+
+    # A 2-state chain that flips almost every step: eigenvalue -0.8, an oscillation.
+    flip = np.array([[0.1, 0.9], [0.9, 0.1]])
+    m = an.estimate_msm([an.markov_chain(flip, 20_000, seed=0)], 1)
+    w = _timescale_warnings(m, m.timescales(1), 1, [20_000], 1.0)
+    assert len(w) == 1 and "negative eigenvalue" in w[0]
+    # Fast relaxation (eigenvalue 0.1): a timescale of 0.43 frames is below the lag.
+    fast = np.array([[0.55, 0.45], [0.45, 0.55]])
+    m = an.estimate_msm([an.markov_chain(fast, 20_000, seed=0)], 1)
+    w = _timescale_warnings(m, m.timescales(1), 1, [20_000], 1.0)
+    assert len(w) == 1 and "shorter than the lag time" in w[0]
+    # A slow, metastable chain at a short lag: nothing to warn about.
+    slow = np.array([[0.99, 0.01], [0.01, 0.99]])
+    m = an.estimate_msm([an.markov_chain(slow, 20_000, seed=0)], 1)
+    assert _timescale_warnings(m, m.timescales(1), 1, [20_000], 1.0) == []
+    assert "too few frames" in _timescale_warnings(m, m.timescales(1), 1, [50], 1.0)[-1]

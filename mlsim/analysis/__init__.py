@@ -47,6 +47,7 @@ from mlsim.analysis._plots import (
 )
 from mlsim.analysis._states import ALANINE_STATES, alanine_state_labels, state_populations
 from mlsim.analysis._synthetic import markov_chain, set_phi_psi, synthetic_alanine_trajectory
+from mlsim.analysis._timestep import file_frame_interval_ps, resolve_frame_interval
 from mlsim.analysis._vampnet import VAMPNetResult, train_vampnet, vamp2_score
 
 __all__ = [
@@ -71,6 +72,7 @@ __all__ = [
     "dihedral_features",
     "estimate_msm",
     "featurize",
+    "file_frame_interval_ps",
     "free_energy_2d",
     "heavy_atom_distances",
     "implied_timescales",
@@ -87,6 +89,7 @@ __all__ = [
     "plot_implied_timescales",
     "plot_ramachandran",
     "plot_tica",
+    "resolve_frame_interval",
     "score_probabilities",
     "set_phi_psi",
     "split_by_trajectory",

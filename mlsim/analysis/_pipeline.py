@@ -26,7 +26,9 @@ class AnalysisConfig:
     """Settings of `analyze`; lag times are in frames (after striding)."""
 
     stride: int = 1
-    dt_ps: float | None = None  # frame spacing; None: taken from the trajectory file
+    # Time between the frames in the files (before stride), ps. None: read from the files
+    # (mlsim's <trajectory>.json, an OpenMM DCD header, XTC frame times); an error if they can't.
+    dt_ps: float | None = None
     tica_lag: int = 5
     tica_dim: int = 4
     n_clusters: int = 60
@@ -104,19 +106,70 @@ def analyze(
 ) -> dict:
     """Run the full analysis, write plots + summary.json into ``outdir``, return the summary."""
     from mlsim.analysis._features import load_trajectories
+    from mlsim.analysis._timestep import resolve_frame_interval
 
     cfg = config or AnalysisConfig()
     trajs = load_trajectories(traj_paths, top, stride=cfg.stride)
-    dt_ps = cfg.dt_ps if cfg.dt_ps is not None else float(trajs[0].timestep)
-    if not np.isfinite(dt_ps) or dt_ps <= 0:
-        raise ValueError(f"frame spacing must be positive; got {dt_ps} ps (pass dt_ps)")
-    return analyze_trajectories(trajs, outdir, cfg, dt_ps, [str(p) for p in traj_paths])
+    dt_ps, source, notes = resolve_frame_interval(traj_paths, trajs, cfg.dt_ps, cfg.stride)
+    return analyze_trajectories(
+        trajs, outdir, cfg, dt_ps, [str(p) for p in traj_paths], warnings=notes, dt_source=source
+    )
+
+
+def _warn(warnings: list[str], msg: str) -> None:
+    """Record a warning for the summary and say it on stderr."""
+    warnings.append(msg)
+    _log(f"warning: {msg}")
+
+
+def _timescale_warnings(
+    msm, ts_frames: np.ndarray, lag: int, n_frames: list[int], dt_ps: float
+) -> list[str]:
+    """Warnings about the MSM at `lag`: negative/unresolved timescales, too little data."""
+    out = []
+    eig = np.real(np.asarray(msm.msm.eigenvalues(len(ts_frames) + 1)))[1:]
+    for k, (t, lam) in enumerate(zip(ts_frames, eig)):
+        if not np.isfinite(t):
+            out.append(f"implied timescale {k + 1} at lag {lag} frames is not finite (unresolved)")
+        elif t <= 0 or lam <= 0:
+            out.append(
+                f"implied timescale {k + 1} at lag {lag} frames comes from a negative eigenvalue "
+                f"({lam:.3g}): it is not a relaxation time (unresolved; try a longer lag)"
+            )
+        elif t < lag:
+            out.append(
+                f"implied timescale {k + 1} ({t * dt_ps:.4g} ps) is shorter than the lag time "
+                f"({lag * dt_ps:.4g} ps): the MSM does not resolve it"
+            )
+    short = [k for k, n in enumerate(n_frames) if n <= lag]
+    if short:
+        out.append(
+            f"trajectories {short} have no more frames than the lag ({lag} frames) and add no "
+            "transitions"
+        )
+    if sum(n_frames) < 100 * lag:
+        out.append(
+            f"too few frames for lag {lag}: {sum(n_frames)} frames are only "
+            f"{sum(n_frames) / lag:.0f} lag times (fewer than 100), so the transition counts "
+            "and timescales are poorly sampled"
+        )
+    return out
 
 
 def analyze_trajectories(
-    trajs: list, outdir: str | os.PathLike, cfg: AnalysisConfig, dt_ps: float, sources: list[str]
+    trajs: list,
+    outdir: str | os.PathLike,
+    cfg: AnalysisConfig,
+    dt_ps: float,
+    sources: list[str],
+    warnings: Sequence[str] = (),
+    dt_source: str = "given",
 ) -> dict:
-    """`analyze` on already-loaded mdtraj trajectories with frame spacing dt_ps."""
+    """`analyze` on already-loaded mdtraj trajectories whose (analysed) frames are dt_ps apart.
+
+    Warnings (also printed on stderr) go to summary["warnings"]: lags too long for the data,
+    negative or unresolved implied timescales, too few frames for the chosen lag.
+    """
     from mlsim.analysis import _kinetics as kin
     from mlsim.analysis import _plots as plots
     from mlsim.analysis._features import dihedral_features, featurize, heavy_atom_distances
@@ -139,9 +192,14 @@ def analyze_trajectories(
         "split": split_note,
         "frames_per_trajectory": n_frames,
         "dt_ps": dt_ps,
+        "dt_source": dt_source,
         "total_time_ns": float(sum(n_frames) * dt_ps / 1000.0),
+        "units": "times in ps (frames where named *_frames), distances in Angstrom",
         "config": _clean(asdict(cfg)),
     }
+    warns: list[str] = []
+    for w in warnings:
+        _warn(warns, w)
 
     # --- features ---------------------------------------------------------------------------
     try:
@@ -156,6 +214,12 @@ def analyze_trajectories(
     _log(f"{len(trajs)} trajectories, {sum(n_frames)} frames, {len(feat_names[0])} features")
 
     # --- TICA + microstates -----------------------------------------------------------------
+    if cfg.tica_lag >= min(n_frames):
+        _warn(
+            warns,
+            f"TICA lag {cfg.tica_lag} frames is not shorter than the shortest trajectory "
+            f"({min(n_frames)} frames)",
+        )
     dim = min(cfg.tica_dim, feats[0].shape[1])
     tica, proj = kin.tica_projection(feats, cfg.tica_lag, dim=dim)
     summary["tica"] = {
@@ -171,11 +235,28 @@ def analyze_trajectories(
     # --- implied timescales, MSM, CK test, PCCA+ ----------------------------------------------
     max_len = max(n_frames)
     lags = [int(t) for t in cfg.its_lags if t < max_len // 2] or [1]
+    dropped = [int(t) for t in cfg.its_lags if int(t) not in lags]
+    if dropped:
+        _warn(
+            warns,
+            f"too few frames for lags {dropped} (frames): the longest trajectory has {max_len} "
+            "frames and a lag must be below half of it; they were left out of the timescale scan",
+        )
     lagtimes, its = kin.implied_timescales(dtrajs, lags, n_its=cfg.n_its)
+    bad_scan = [int(t) for t, v in zip(lagtimes, its[:, 0]) if not (np.isfinite(v) and v > t)]
+    if bad_scan:
+        _warn(
+            warns,
+            f"the slowest implied timescale is negative or unresolved (NaN or below the lag) at "
+            f"lags {bad_scan} (frames)",
+        )
     lag = cfg.msm_lag or choose_lag(lagtimes, its[:, 0], cfg.its_tolerance)
     plots.plot_implied_timescales(lagtimes, its, out / "implied_timescales.png", dt_ps, "ps", lag)
     msm = kin.estimate_msm(dtrajs, lag, n_micro)
-    ts = msm.timescales(cfg.n_its) * dt_ps
+    ts_frames = msm.timescales(cfg.n_its)
+    ts = ts_frames * dt_ps
+    for w in _timescale_warnings(msm, ts_frames, lag, n_frames, dt_ps):
+        _warn(warns, w)
     k_lag = int(np.searchsorted(lagtimes, lag))
     # Convergence: largest relative change of the slowest ITS from the chosen lag to longer lags
     # at which it is still resolved (ITS > lag); beyond that an ITS only tracks the lag itself.
@@ -226,6 +307,7 @@ def analyze_trajectories(
     if cfg.vampnet:
         summary["vampnet"] = _vampnet_section(feats, cfg, lag)
 
+    summary["warnings"] = warns
     summary["wall_s"] = time.perf_counter() - t_start
     write_json(_clean(summary), out / "summary.json")
     return _clean(summary)

@@ -9,13 +9,21 @@ HELP = "Analyse MD trajectories: TICA, MSM (ITS, CK test, PCCA+), state classifi
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register the options of `mlsim analyze`."""
+    """Register the options of `mlsim analyze`; --help shows every default."""
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     parser.add_argument("traj", nargs="+", help="trajectory files (DCD, XTC, PDB, ...)")
     parser.add_argument("--top", help="topology PDB (needed for DCD/XTC)")
     parser.add_argument("-o", "--outdir", default="analysis", help="output folder")
     parser.add_argument("--stride", type=int, default=1, help="use every n-th frame")
     parser.add_argument(
-        "--dt-ps", type=float, default=None, help="frame spacing in ps (default: from file)"
+        "--dt-ps",
+        "--dt",
+        dest="dt_ps",
+        type=float,
+        default=None,
+        help="time between the frames in the files (before --stride), ps. None: read from the "
+        "files (the TRAJ.json that mlsim writes, an OpenMM DCD header, XTC times); required "
+        "when they do not say (e.g. DCDs from mdtraj)",
     )
     parser.add_argument("--tica-lag", type=int, default=5, help="TICA lag time (frames)")
     parser.add_argument("--clusters", type=int, default=60, help="k-means microstates")
@@ -61,10 +69,12 @@ def run(args: argparse.Namespace) -> int:
     )
     summary = analyze(args.traj, args.top, args.outdir, cfg)
     msm = summary["msm"]
-    print(f"wrote {args.outdir}/summary.json and plots")
+    print(f"wrote {args.outdir}/summary.json and plots (frames {summary['dt_ps']:g} ps apart)")
     print(
         f"slowest implied timescale: {msm['slowest_implied_timescale_ps']} ps (lag {msm['lag_ps']} ps)"
     )
     if "classifier" in summary:
         print(f"classifier held-out accuracy: {summary['classifier']['heldout_accuracy']:.4f}")
+    if summary.get("warnings"):
+        print(f"{len(summary['warnings'])} warnings (see summary.json and stderr)")
     return 0

@@ -10,7 +10,14 @@ HELP = "Run OpenMM MD (Langevin or NVE) with an mlsim model: trajectory, state C
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register the MD options."""
+    """Register the MD options; --help shows every default."""
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.epilog = (
+        "Every report the state is checked (NaN, forces, temperature, NVE energy drift, covalent "
+        "bonds broken or formed, atoms too close); on a problem the run stops with exit status 3 "
+        "and the last good state in OUT_DIR/last_good_state.xml and checkpoint.chk. OUT_DIR holds "
+        "TRAJECTORY.json with the time step, frame spacing and units of every file."
+    )
     parser.add_argument("model", type=Path, help="mlsim model file (model.pt)")
     parser.add_argument(
         "--structure", type=Path, required=True, help="starting structure (any ase.io format)"
@@ -20,7 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timestep", type=float, default=0.5, help="time step in fs")
     parser.add_argument("--temperature", type=float, default=300.0, help="temperature in K")
     parser.add_argument("--friction", type=float, default=1.0, help="Langevin friction in 1/ps")
-    parser.add_argument("--ensemble", choices=["nvt", "nve"], default="nvt")
+    parser.add_argument(
+        "--ensemble",
+        choices=["nvt", "nve"],
+        default="nvt",
+        help="nvt: Langevin thermostat; nve: velocity Verlet",
+    )
     parser.add_argument(
         "--backend",
         choices=["auto", "python", "torch"],
@@ -44,9 +56,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=100.0,
         help="stop (blown up) when any force exceeds this, eV/A",
     )
-    parser.add_argument("--seed", type=int, help="random seed (velocities and thermostat)")
     parser.add_argument(
-        "--resume", action="store_true", help="continue from out-dir/checkpoint.chk"
+        "--max-temperature",
+        type=float,
+        default=None,
+        help="stop when the temperature exceeds this, K (None: 5x --temperature for nvt, more "
+        "for a few atoms; off for nve; 0: off)",
+    )
+    parser.add_argument(
+        "--max-energy-drift",
+        type=float,
+        default=None,
+        help="stop when |total energy - its starting value| exceeds this, eV/atom (None: 0.2 "
+        "for nve, off for nvt; 0: off)",
+    )
+    parser.add_argument(
+        "--min-distance",
+        type=float,
+        default=0.5,
+        help="stop when two atoms come closer than this, Angstrom",
+    )
+    parser.add_argument(
+        "--no-geometry-check",
+        action="store_true",
+        help="do not stop on covalent bonds broken or formed relative to the starting structure "
+        "(for reactive runs) or on atoms closer than --min-distance",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=None, help="random seed (velocities and thermostat)"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from out-dir/checkpoint.chk (trajectory and state.csv are cut back to it)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -82,6 +124,10 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             resume=args.resume,
             progress=not args.no_progress,
+            max_temperature=args.max_temperature,
+            max_energy_drift=args.max_energy_drift,
+            geometry_check=not args.no_geometry_check,
+            min_distance=args.min_distance,
         )
     except SimulationBlowUp as exc:
         print(f"mlsim md: {exc}", file=sys.stderr)

@@ -1,15 +1,29 @@
 """OpenMM MD with an mlsim model: Langevin (or NVE), reporters, checkpoints and blow-up detection.
 
 The loop advances in chunks of `report_interval` steps and inspects every chunk's end state
-*before* it is reported, so a blown-up frame (NaN or huge forces) never reaches the trajectory:
-the simulation stops, the last good state is written (XML + checkpoint) and the error says where.
-Checkpoints are OpenMM's own (positions, velocities, step count, RNG state) written atomically,
-so a run can be interrupted at any time and resumed with nothing lost.
+*before* it is reported, so a blown-up frame never reaches the trajectory: NaN, a force above
+max_force, a temperature above max_temperature (NVT), a total-energy drift above
+max_energy_drift (NVE), or a broken/formed covalent bond or two atoms closer than min_distance
+(mlsim._geometry_guard; an ML model that left its domain often shows no NaN at all: atoms fly
+beyond the cutoff, feel no force and keep going). The simulation then stops, the last good state
+is written (XML + checkpoint) and SimulationBlowUp names the steps between which it happened.
+
+Checkpoints are OpenMM's own (positions, velocities, step count, RNG state) written atomically;
+checkpoint.json records their SHA-256 (written before the checkpoint itself, with the previous
+one, so a kill between the two writes is told apart from a corrupt file). On resume the
+trajectory and state.csv are cut back to the checkpoint's step before appending, so a run killed
+at any time and resumed has every frame and row exactly once.
+
+Every run folder has `<trajectory>.json` with the time step, the frame spacing and the units of
+each file (mlsim analyze reads the frame spacing from it).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import struct
 import sys
 import time
 from dataclasses import dataclass
@@ -20,20 +34,21 @@ import numpy as np
 import torch
 
 from mlsim import units
-from mlsim._fileio import write_bytes, write_text
+from mlsim._fileio import atomic_path, atomic_write, write_bytes, write_json, write_text
+from mlsim._geometry_guard import GeometryGuard, SimulationBlowUp, default_max_temperature
 from mlsim.data import Structure
 from mlsim.openmm._forces import DEFAULT_BACKEND
 from mlsim.openmm._system import create_system, topology_from_structure
 
-__all__ = ["MDResult", "SimulationBlowUp", "run_md"]
+__all__ = ["MDResult", "SimulationBlowUp", "metadata_path", "run_md"]
 
 # A force above this (eV/A) on any atom means the model left its training domain for good:
 # chemical forces stay below ~20 eV/A even for strained geometries.
 DEFAULT_MAX_FORCE = 100.0
-
-
-class SimulationBlowUp(RuntimeError):
-    """The simulation produced NaN energies/positions or forces above the blow-up threshold."""
+# NVE: |E_total - E_total(start)| above this (eV/atom) is a failed integration, not drift. A good
+# model at 0.5 fs drifts ~1e-4 eV/atom/ps; 0.2 eV/atom is the kinetic energy of ~1500 K.
+DEFAULT_NVE_ENERGY_DRIFT = 0.2
+_CSV_UNITS = "Step: steps; Time: ps; energies: kJ/mol; Temperature: K; Speed: ns/day"
 
 
 @dataclass
@@ -47,6 +62,13 @@ class MDResult:
     log: Path
     checkpoint: Path
     final_state: Path
+    metadata: Path | None = None
+
+
+def metadata_path(trajectory: str | os.PathLike) -> Path:
+    """The JSON file next to a trajectory that holds its time step, frame spacing and units."""
+    trajectory = Path(trajectory)
+    return trajectory.with_name(trajectory.name + ".json")
 
 
 def _write_atomic(path: Path, data: bytes | str) -> None:
@@ -57,8 +79,45 @@ def _write_atomic(path: Path, data: bytes | str) -> None:
         write_text(path, data)
 
 
-def _problem(state: Any, max_force_kj: float) -> str | None:
-    """Describe what is wrong with a state (NaN, huge force), or None if it looks physical."""
+@dataclass
+class _Limits:
+    """The thresholds a state is checked against (OpenMM units where noted)."""
+
+    max_force_kj: float  # kJ/mol/nm
+    dof: int
+    n_atoms: int
+    max_temperature: float  # K; 0: off
+    max_energy_drift: float  # eV/atom; 0: off
+    reference_energy_ev: float | None  # total energy the drift is measured from
+    guard: GeometryGuard | None
+    periodic: bool
+
+
+def _degrees_of_freedom(system: Any) -> int:
+    """Degrees of freedom as OpenMM's StateDataReporter counts them (its Temperature column)."""
+    import openmm
+
+    dof = sum(3 for i in range(system.getNumParticles()) if system.getParticleMass(i)._value > 0)
+    dof -= system.getNumConstraints()
+    if any(isinstance(f, openmm.CMMotionRemover) for f in system.getForces()):
+        dof -= 3
+    return max(dof, 1)
+
+
+def _temperature_k(state: Any, dof: int) -> float:
+    """Instantaneous temperature (K) of a state from its kinetic energy."""
+    ke_ev = float(units.energy_from_openmm(state.getKineticEnergy()._value))
+    return 2.0 * ke_ev / (dof * units.KB_EV_PER_K)
+
+
+def _total_energy_ev(state: Any) -> float:
+    """Potential + kinetic energy of a state, eV."""
+    e = state.getPotentialEnergy()._value + state.getKineticEnergy()._value
+    return float(units.energy_from_openmm(e))
+
+
+def _problem(state: Any, limits: _Limits) -> str | None:
+    """Describe what is wrong with a state (NaN, force, heat, drift, geometry), or None."""
     energy = state.getPotentialEnergy()._value
     if not np.isfinite(energy):
         return f"potential energy is {energy}"
@@ -68,12 +127,196 @@ def _problem(state: Any, max_force_kj: float) -> str | None:
     forces = np.asarray(state.getForces(asNumpy=True)._value)
     if not np.isfinite(forces).all():
         return "forces became NaN"
+    problems = []
     fmax = np.sqrt((forces**2).sum(1))
     worst = int(fmax.argmax())
-    if fmax[worst] > max_force_kj:
+    if fmax[worst] > limits.max_force_kj:
         f_ev = float(units.forces_from_openmm(fmax[worst]))
-        return f"force on atom {worst} is {f_ev:.1f} eV/A (threshold {units.forces_from_openmm(max_force_kj):.0f})"
-    return None
+        problems.append(
+            f"force on atom {worst} is {f_ev:.1f} eV/A "
+            f"(threshold {units.forces_from_openmm(limits.max_force_kj):.3g})"
+        )
+    if limits.guard is not None:
+        box = None
+        if limits.periodic:
+            box = units.positions_from_openmm(
+                np.asarray(state.getPeriodicBoxVectors(asNumpy=True)._value)
+            )
+        msg = limits.guard.check(units.positions_from_openmm(pos), box, limits.periodic)
+        if msg:
+            problems.append(msg)
+    if limits.max_temperature > 0:
+        t = _temperature_k(state, limits.dof)
+        if t > limits.max_temperature:
+            problems.append(
+                f"temperature {t:.0f} K is above the {limits.max_temperature:.0f} K bound"
+            )
+    if limits.max_energy_drift > 0 and limits.reference_energy_ev is not None:
+        drift = abs(_total_energy_ev(state) - limits.reference_energy_ev) / limits.n_atoms
+        if drift > limits.max_energy_drift:
+            problems.append(
+                f"total energy drifted by {drift:.3f} eV/atom from the start of the run "
+                f"(bound {limits.max_energy_drift:g} eV/atom)"
+            )
+    return "; ".join(problems) if problems else None
+
+
+# --- checkpoints -----------------------------------------------------------------------------
+
+
+def _checkpoint_meta_path(chk_path: Path) -> Path:
+    """checkpoint.chk -> checkpoint.json (its SHA-256 record)."""
+    return chk_path.with_suffix(".json")
+
+
+def _sha256(data: bytes) -> str:
+    """Hex SHA-256 of bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _save_checkpoint(chk_path: Path, data: bytes, step: int) -> None:
+    """Write the checkpoint and its hash record (record first: see the module docstring)."""
+    meta_path = _checkpoint_meta_path(chk_path)
+    previous: list[str] = []
+    if meta_path.is_file():
+        try:
+            previous = json.loads(meta_path.read_text())["sha256"][:1]
+        except (ValueError, KeyError, TypeError, IndexError):
+            previous = []
+    write_json(
+        meta_path,
+        {
+            "checkpoint": chk_path.name,
+            "step": int(step),
+            "sha256": [_sha256(data), *previous],
+            "note": "SHA-256 of the newest checkpoint, then of the one before (a kill between "
+            "writing this record and the checkpoint leaves the older one in place)",
+        },
+    )
+    write_bytes(chk_path, data)
+
+
+def _load_checkpoint(sim: Any, chk_path: Path) -> None:
+    """Load checkpoint.chk into the simulation; ValueError naming the file if it is unusable."""
+    import openmm
+
+    data = chk_path.read_bytes()
+    meta_path = _checkpoint_meta_path(chk_path)
+    if meta_path.is_file():
+        try:
+            known = json.loads(meta_path.read_text())["sha256"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"cannot read the checkpoint record {meta_path}: {exc}") from exc
+        if _sha256(data) not in known:
+            raise ValueError(
+                f"checkpoint {chk_path} is corrupt: its SHA-256 matches none recorded in "
+                f"{meta_path} when it was written ({len(data)} bytes); restore it from a backup "
+                "or start a new run"
+            )
+    try:
+        sim.context.loadCheckpoint(data)
+    except openmm.OpenMMException as exc:
+        raise ValueError(
+            f"cannot load checkpoint {chk_path} ({len(data)} bytes): {exc}. It is corrupt, or "
+            "was written for another system, platform or OpenMM version"
+        ) from exc
+
+
+# --- resume: cut the outputs back to the checkpoint ------------------------------------------
+
+
+def _trim_dcd(path: Path, last_step: int) -> int:
+    """Cut a DCD back to its frames at steps <= last_step (frame count in the header, length)."""
+    with open(path, "r+b") as fh:
+        head = fh.read(100)
+        if len(head) < 100 or head[4:8] != b"CORD" or struct.unpack("<i", head[:4])[0] != 84:
+            raise ValueError(f"cannot resume: {path} is not a DCD file (bad header)")
+        first_step, interval = struct.unpack("<2i", head[12:20])
+        has_box = struct.unpack("<i", head[48:52])[0] != 0
+        title_bytes = struct.unpack("<i", head[92:96])[0]
+        fh.seek(104 + title_bytes)
+        (n_atoms,) = struct.unpack("<i", fh.read(4))
+        header_len = 112 + title_bytes
+        frame_bytes = (56 if has_box else 0) + 3 * (8 + 4 * n_atoms)
+        size = fh.seek(0, os.SEEK_END)
+        n_complete = max(size - header_len, 0) // frame_bytes
+        n_keep = 0 if last_step < first_step else (last_step - first_step) // max(interval, 1) + 1
+        if n_keep > n_complete:
+            raise ValueError(
+                f"cannot resume: {path} has {n_complete} complete frames, but the checkpoint is "
+                f"at step {last_step}, which needs {n_keep} (first frame at step {first_step}, "
+                f"one every {interval} steps); the trajectory lost frames"
+            )
+        fh.truncate(header_len + n_keep * frame_bytes)
+        fh.seek(8)
+        fh.write(struct.pack("<i", n_keep))
+        if n_keep:
+            fh.seek(20)
+            fh.write(struct.pack("<i", first_step + (n_keep - 1) * interval))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return n_keep
+
+
+def _trim_xtc(path: Path, last_step: int, report_interval: int) -> int:
+    """Rewrite an XTC without its frames at steps > last_step (XTC frames carry their step)."""
+    from openmm.app.internal.xtc_utils import read_xtc, xtc_write_frame
+
+    if path.stat().st_size == 0:
+        return 0
+    try:
+        coords, box, times, steps = read_xtc(str(path).encode("utf-8"))
+    except Exception as exc:  # the C reader raises plain Exceptions on damaged files
+        raise ValueError(f"cannot resume: cannot read trajectory {path}: {exc}") from exc
+    keep = np.flatnonzero(np.asarray(steps) <= last_step)
+    if len(keep):
+        expected = (last_step - int(steps[0])) // report_interval + 1
+        if len(keep) < expected:
+            raise ValueError(
+                f"cannot resume: {path} has {len(keep)} frames up to step {last_step}, the "
+                f"checkpoint's step, but needs {expected}; the trajectory lost frames"
+            )
+    if len(keep) == len(steps):
+        return len(keep)
+    with atomic_path(path, suffix=".xtc") as tmp:
+        tmp.unlink()  # xtc_write_frame creates the file and appends to it
+        name = str(tmp).encode("utf-8")
+        for k in keep:
+            xtc_write_frame(
+                name,
+                np.ascontiguousarray(coords[:, :, k], dtype=np.float32),
+                np.ascontiguousarray(box[:, :, k], dtype=np.float32),
+                np.float32(times[k]),
+                np.int32(steps[k]),
+            )
+        if not len(keep):
+            tmp.touch()
+    return len(keep)
+
+
+def _trim_csv(path: Path, last_step: int) -> int:
+    """Drop state.csv rows after last_step (and a half-written last row); returns rows kept."""
+    text = path.read_text()
+    lines = text.splitlines(keepends=True)
+    n_fields = None
+    out, rows = [], 0
+    for line in lines:
+        if line.startswith("#"):
+            n_fields = line.count(",") + 1
+            out.append(line)
+            continue
+        if not line.endswith("\n") or (n_fields is not None and line.count(",") + 1 != n_fields):
+            continue  # cut short by a kill while it was written
+        try:
+            step = int(line.split(",", 1)[0])
+        except ValueError:
+            continue
+        if step <= last_step:
+            out.append(line)
+            rows += 1
+    if out != lines:
+        write_text(path, "".join(out))
+    return rows
 
 
 def run_md(
@@ -94,13 +337,24 @@ def run_md(
     seed: int | None = None,
     resume: bool = False,
     progress: bool = True,
+    max_temperature: float | None = None,
+    max_energy_drift: float | None = None,
+    geometry_check: bool = True,
+    min_distance: float = 0.5,
 ) -> MDResult:
     """Run `steps` MD steps of `structure` with the model; files go to out_dir.
 
     ensemble "nvt": LangevinMiddleIntegrator(temperature, friction); "nve": VerletIntegrator.
-    Writes trajectory (.dcd or .xtc), state.csv (energies, temperature, speed), topology.pdb,
-    checkpoint.chk and final_state.xml. With resume, continues from checkpoint.chk up to `steps`
-    total steps. Raises SimulationBlowUp (after saving the last good state) on NaN or huge forces.
+    Writes trajectory (.dcd or .xtc) with `<trajectory>.json` (time step, frame spacing, units),
+    state.csv (energies, temperature, speed), topology.pdb, checkpoint.chk (+ checkpoint.json) and
+    final_state.xml. With resume, continues from checkpoint.chk up to `steps` total steps, after
+    cutting the trajectory and state.csv back to the checkpoint's step.
+
+    Checked at every report (SimulationBlowUp after saving the last good state): NaN; forces above
+    max_force (eV/A); temperature above max_temperature (K; None: 5x the target for NVT, off for
+    NVE; 0: off); |total energy drift| above max_energy_drift (eV/atom; None: 0.2 for NVE, off
+    for NVT, where the thermostat exchanges energy; 0: off); with geometry_check, covalent bonds
+    of the starting structure broken or new ones formed and atoms closer than min_distance (A).
     """
     import openmm
     from openmm import app, unit
@@ -112,12 +366,19 @@ def run_md(
         raise ValueError(f"timestep {timestep_fs} fs is outside (0, 5] fs")
     if ensemble not in ("nvt", "nve"):
         raise ValueError(f"ensemble must be 'nvt' or 'nve', got {ensemble!r}")
+    for name, value in (
+        ("max_temperature", max_temperature),
+        ("max_energy_drift", max_energy_drift),
+    ):
+        if value is not None and not value >= 0:
+            raise ValueError(f"{name} must be >= 0 (0 turns the check off), got {value}")
     suffix = Path(trajectory).suffix.lower()
     if suffix not in (".dcd", ".xtc"):
         raise ValueError(f"trajectory must end in .dcd or .xtc, got {trajectory!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     traj_path, log_path = out / trajectory, out / "state.csv"
+    meta_path = metadata_path(traj_path)
     chk_path, final_path, bad_path = (
         out / "checkpoint.chk",
         out / "final_state.xml",
@@ -129,6 +390,19 @@ def run_md(
         raise ValueError(
             f"{traj_path} exists; pass resume to continue that run or choose another folder"
         )
+    old_meta: dict[str, Any] = {}
+    if resume and meta_path.is_file():
+        try:
+            old_meta = json.loads(meta_path.read_text())
+        except ValueError as exc:
+            raise ValueError(f"cannot resume: cannot read {meta_path}: {exc}") from exc
+        for key, now in (("timestep_fs", timestep_fs), ("report_interval_steps", report_interval)):
+            if key in old_meta and not np.isclose(old_meta[key], now, rtol=1e-9, atol=0):
+                raise ValueError(
+                    f"cannot resume: the run in {out} used {key} = {old_meta[key]}, not {now}; "
+                    "resume with the same value, since the trajectory's frames must stay evenly "
+                    "spaced (start a new folder to change it)"
+                )
 
     topology = topology_from_structure(structure)
     system = create_system(model, structure, backend=backend)
@@ -148,19 +422,29 @@ def run_md(
     sim = app.Simulation(topology, system, integrator, plat)
     periodic = structure.periodic
     if resume:
-        sim.context.loadCheckpoint(chk_path.read_bytes())
+        _load_checkpoint(sim, chk_path)
     else:
         sim.context.setPositions(units.positions_to_openmm(structure.positions))
         sim.context.setVelocitiesToTemperature(
             temperature_k * unit.kelvin, *([seed] if seed is not None else [])
         )
-        with open(out / "topology.pdb", "w") as fh:
+        with atomic_write(out / "topology.pdb") as fh:  # PDB coordinates are in Angstrom
             app.PDBFile.writeFile(
                 topology, units.positions_to_openmm(structure.positions) * unit.nanometer, fh
             )
     done = sim.currentStep
     if done > steps:
         raise ValueError(f"the checkpoint is already at step {done}, beyond the requested {steps}")
+    if resume:
+        # A run killed after its last checkpoint wrote frames and rows past it; they are written
+        # again from the checkpoint, so drop them first (else they appear twice).
+        if traj_path.exists():
+            if suffix == ".dcd":
+                _trim_dcd(traj_path, done)
+            else:
+                _trim_xtc(traj_path, done, report_interval)
+        if log_path.exists():
+            _trim_csv(log_path, done)
 
     append = resume and traj_path.exists()
     traj_cls = app.DCDReporter if suffix == ".dcd" else app.XTCReporter
@@ -179,7 +463,6 @@ def run_md(
             append=resume and log_path.exists(),
         ),
     ]
-    max_force_kj = float(units.forces_to_openmm(max_force))
 
     def snapshot() -> Any:
         return sim.context.getState(
@@ -192,11 +475,65 @@ def run_md(
         )
 
     good = snapshot()
-    problem = _problem(good, max_force_kj)
-    if problem:
-        raise SimulationBlowUp(
-            f"the starting structure is already unphysical for this model: {problem}"
+    good_step = done
+    dof = _degrees_of_freedom(system)
+    if max_temperature is None:
+        max_temperature = default_max_temperature(temperature_k, dof) if ensemble == "nvt" else 0.0
+    if max_energy_drift is None:
+        max_energy_drift = DEFAULT_NVE_ENERGY_DRIFT if ensemble == "nve" else 0.0
+    reference = old_meta.get("reference_total_energy_eV")
+    limits = _Limits(
+        max_force_kj=float(units.forces_to_openmm(max_force)),
+        dof=dof,
+        n_atoms=len(structure),
+        max_temperature=float(max_temperature),
+        max_energy_drift=float(max_energy_drift),
+        reference_energy_ev=float(reference) if reference is not None else _total_energy_ev(good),
+        # The bond graph is always the starting structure's, also on resume.
+        guard=GeometryGuard.from_structure(
+            structure.numbers,
+            structure.positions,
+            structure.cell if periodic else None,
+            structure.pbc if periodic else False,
+            min_distance=min_distance,
         )
+        if geometry_check
+        else None,
+        periodic=periodic,
+    )
+    problem = _problem(good, limits)
+    if problem:
+        where = f"the checkpoint {chk_path} (step {done})" if resume else "the starting structure"
+        raise SimulationBlowUp(f"{where} is already unphysical for this model: {problem}")
+    frame_ps = report_interval * timestep_fs / units.FS_PER_PS
+    first_step = int(old_meta.get("first_frame_step", report_interval))
+    write_json(
+        meta_path,
+        {
+            "trajectory": traj_path.name,
+            "format": suffix[1:],
+            "timestep_fs": timestep_fs,
+            "report_interval_steps": report_interval,
+            "frame_interval_ps": frame_ps,
+            "first_frame_step": first_step,
+            "first_frame_time_ps": first_step * timestep_fs / units.FS_PER_PS,
+            "ensemble": ensemble,
+            "temperature_K": temperature_k,
+            "friction_per_ps": friction_per_ps if ensemble == "nvt" else None,
+            "n_atoms": len(structure),
+            "reference_total_energy_eV": limits.reference_energy_ev,
+            "units": {
+                traj_path.name: "positions in Angstrom"
+                if suffix == ".dcd"
+                else "positions in nm, time in ps",
+                log_path.name: _CSV_UNITS,
+                "topology.pdb": "Angstrom",
+                "final_state.xml, last_good_state.xml": "OpenMM State XML: nm, ps, kJ/mol",
+                chk_path.name: "OpenMM binary checkpoint (SHA-256 in checkpoint.json)",
+                "this file": "times in fs (timestep) and ps, energies in eV, temperature in K",
+            },
+        },
+    )
     good_checkpoint = sim.context.createCheckpoint()
     last_checkpoint_step = done
     t0, start_step = time.perf_counter(), done
@@ -208,17 +545,18 @@ def run_md(
             n = min(report_interval - sim.currentStep % report_interval, steps - sim.currentStep)
             sim.step(n)
             state = snapshot()
-            problem = _problem(state, max_force_kj)
+            problem = _problem(state, limits)
             if problem:
+                bad_step = sim.currentStep
                 sim.context.loadCheckpoint(good_checkpoint)
-                _write_atomic(chk_path, good_checkpoint)
+                _save_checkpoint(chk_path, good_checkpoint, good_step)
                 _write_atomic(bad_path, openmm.XmlSerializer.serialize(good))
                 raise SimulationBlowUp(
-                    f"simulation blew up between steps {good.getStepCount()} and {sim.currentStep}: "
-                    f"{problem}. The last good state (step {good.getStepCount()}) is in {bad_path} "
+                    f"simulation blew up between steps {good_step} and {bad_step}: "
+                    f"{problem}. The last good state (step {good_step}) is in {bad_path} "
                     f"and {chk_path}; try a smaller timestep or check the model's training domain."
                 )
-            good = state
+            good, good_step = state, sim.currentStep
             good_checkpoint = sim.context.createCheckpoint()
             if sim.currentStep % report_interval == 0:
                 for r in reporters:
@@ -227,7 +565,7 @@ def run_md(
                 sim.currentStep - last_checkpoint_step >= checkpoint_interval
                 or sim.currentStep == steps
             ):
-                _write_atomic(chk_path, good_checkpoint)
+                _save_checkpoint(chk_path, good_checkpoint, sim.currentStep)
                 last_checkpoint_step = sim.currentStep
             bar.update(n)
     finally:
@@ -248,4 +586,5 @@ def run_md(
         log=log_path,
         checkpoint=chk_path,
         final_state=final_path,
+        metadata=meta_path,
     )

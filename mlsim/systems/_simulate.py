@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlsim._fileio import atomic_write
+from mlsim._fileio import atomic_write, write_json
 
 __all__ = ["Frames", "make_context", "simulate", "write_dcd"]
 
@@ -39,14 +39,30 @@ def make_context(system, temperature: float, dt_fs: float, seed: int, platform: 
 
 
 def write_dcd(path: str | os.PathLike, topology, positions_nm: np.ndarray, dt_ps: float) -> Path:
-    """Write frames (T, n, 3) in nm to a DCD file atomically (mlsim._fileio)."""
+    """Write frames (T, n, 3) in nm, dt_ps apart, to a DCD file atomically (mlsim._fileio).
+
+    The spacing goes into the DCD header (time step dt_ps, one frame per step) and into
+    `<path>.json`, which mlsim analyze reads (mdtraj ignores DCD times).
+    """
     from openmm import app, unit
 
+    if not np.isfinite(dt_ps) or dt_ps <= 0:
+        raise ValueError(f"dt_ps must be a positive frame spacing in ps, got {dt_ps}")
     path = Path(path)
     with atomic_write(path, "wb") as fh:
         dcd = app.DCDFile(fh, topology, dt_ps * unit.picosecond, interval=1)
         for x in positions_nm:
             dcd.writeModel(x * unit.nanometer)
+    write_json(
+        path.with_name(path.name + ".json"),
+        {
+            "trajectory": path.name,
+            "format": "dcd",
+            "frame_interval_ps": float(dt_ps),
+            "n_frames": len(positions_nm),
+            "units": {path.name: "positions in Angstrom", "this file": "times in ps"},
+        },
+    )
     return path
 
 

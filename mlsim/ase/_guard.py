@@ -39,7 +39,7 @@ class MDGuard:
     dynamics: the ASE dynamics object, used for step numbers and times in messages (optional);
     temperature_k: the thermostat target; the bound is then default_max_temperature(target, dof)
     unless max_temperature (K) is given; without either the bound is 10,000 K; 0 disables it.
-    max_energy_drift: eV/atom bound on |E_total - E_total(start)| (for NVE runs; None: off).
+    max_energy_drift: eV/atom bound on abs(E_total - E_total(start)) (for NVE runs; None: off).
     geometry: check bonds and contacts (bond_factor, break_factor, form_factor, min_distance in
     Angstrom, see mlsim._geometry_guard). last_good_path: where to write the last good Atoms (any
     ase.io format, chosen by the extension; extxyz keeps momenta) when the run blows up.

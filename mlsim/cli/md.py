@@ -83,6 +83,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(for reactive runs) or on atoms closer than --min-distance",
     )
     parser.add_argument(
+        "--max-uncertainty",
+        type=float,
+        default=None,
+        help="committee models: stop (exit 3, last good state kept) when an atom's force spread "
+        "exceeds this many eV/A; the spread is logged to uncertainty.csv in any case",
+    )
+    parser.add_argument(
         "--seed", type=int, default=None, help="random seed (velocities and thermostat)"
     )
     parser.add_argument(
@@ -104,7 +111,13 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.structure.is_file():
         raise FileNotFoundError(f"structure file not found: {args.structure}")
-    structure = Structure.from_atoms(ase.io.read(args.structure))
+    from mlsim.data import read
+    from mlsim.data._io import format_of
+
+    if format_of(args.structure) == "extxyz":
+        structure = read(args.structure)[-1]  # strict: a truncated file is an error
+    else:
+        structure = Structure.from_atoms(ase.io.read(args.structure))
     try:
         res = run_md(
             args.model,
@@ -123,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
             max_force=args.max_force,
             seed=args.seed,
             resume=args.resume,
+            max_uncertainty=args.max_uncertainty,
             progress=not args.no_progress,
             max_temperature=args.max_temperature,
             max_energy_drift=args.max_energy_drift,

@@ -3,8 +3,8 @@
 Each walker runs ASE Langevin dynamics with the committee's mean forces and, every `record_every`
 steps, records the frame with its maximum per-atom force spread. A walker stops early when the
 spread passes `upper` (it has left the region where the committee can be trusted, so its later
-frames would be unphysical) or its geometry becomes unphysical (a bond broken or formed, atoms
-too close): both are reported, neither is an error.
+frames would be unphysical) or its geometry becomes unphysical (mlsim's GeometryGuard: a bond
+broken or formed, atoms too close): both are reported, neither is an error.
 """
 
 from __future__ import annotations
@@ -15,49 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from mlsim._geometry_guard import GeometryGuard
 from mlsim.data import Structure
 from mlsim.learn._config import LearnConfig
 
-__all__ = ["WalkerResult", "bond_matrix", "explore", "geometry_problem"]
-
-
-def bond_matrix(numbers: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Bonded pairs (N, N) of a reference geometry: closer than 1.2x the sum of covalent radii."""
-    from ase.data import covalent_radii
-
-    r = covalent_radii[np.asarray(numbers)]
-    d = np.linalg.norm(positions[:, None] - positions[None], axis=-1)
-    bonded = d < 1.2 * (r[:, None] + r[None])
-    np.fill_diagonal(bonded, False)
-    return bonded
-
-
-def geometry_problem(
-    numbers: np.ndarray, positions: np.ndarray, bonded: np.ndarray, min_distance: float
-) -> str | None:
-    """Describe a broken/formed bond or a close contact (hysteresis 1.5x / 1.0x radii), else None."""
-    from ase.data import chemical_symbols, covalent_radii
-
-    r = covalent_radii[np.asarray(numbers)]
-    d = np.linalg.norm(positions[:, None] - positions[None], axis=-1)
-    np.fill_diagonal(d, np.inf)
-    ratio = d / (r[:, None] + r[None])
-
-    def name(k: int) -> str:
-        return f"{chemical_symbols[int(numbers[k])]}{k}"
-
-    i, j = np.unravel_index(np.argmin(d), d.shape)
-    if d[i, j] < min_distance:
-        return f"atoms {name(i)} and {name(j)} are {d[i, j]:.2f} A apart"
-    broken = np.argwhere(np.triu(bonded & (ratio > 1.5)))
-    if len(broken):
-        i, j = broken[0]
-        return f"bond {name(i)}-{name(j)} broke ({d[i, j]:.2f} A)"
-    formed = np.argwhere(np.triu(~bonded & (ratio < 1.0), 1))
-    if len(formed):
-        i, j = formed[0]
-        return f"new bond {name(i)}-{name(j)} formed ({d[i, j]:.2f} A)"
-    return None
+__all__ = ["WalkerResult", "explore"]
 
 
 @dataclass
@@ -135,7 +97,9 @@ def explore(
                 fixcm=False,
                 rng=rng,
             )
-            bonded = bond_matrix(atoms.numbers, atoms.positions)
+            guard = GeometryGuard.from_structure(
+                atoms.numbers, atoms.positions, start.cell, start.pbc, min_distance=cfg.min_distance
+            )
             res = WalkerResult(float(temp), w, 0, "completed", 0.0)
             for check in range(n_checks):
                 dyn.run(cfg.record_every)
@@ -145,7 +109,7 @@ def explore(
                 u = np.asarray(calc.results["forces_uncertainty"])
                 u_max = float(u.max()) if u.size else 0.0
                 res.max_uncertainty = max(res.max_uncertainty, u_max)
-                problem = geometry_problem(atoms.numbers, atoms.positions, bonded, cfg.min_distance)
+                problem = guard.check(atoms.positions, start.cell, start.pbc)
                 if problem is not None:
                     res.stop_reason = f"geometry: {problem}"
                     break

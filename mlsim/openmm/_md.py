@@ -341,6 +341,7 @@ def run_md(
     max_energy_drift: float | None = None,
     geometry_check: bool = True,
     min_distance: float = 0.5,
+    max_uncertainty: float | None = None,
 ) -> MDResult:
     """Run `steps` MD steps of `structure` with the model; files go to out_dir.
 
@@ -378,6 +379,7 @@ def run_md(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     traj_path, log_path = out / trajectory, out / "state.csv"
+    unc_path = out / "uncertainty.csv"
     meta_path = metadata_path(traj_path)
     chk_path, final_path, bad_path = (
         out / "checkpoint.chk",
@@ -405,7 +407,11 @@ def run_md(
                 )
 
     topology = topology_from_structure(structure)
-    system = create_system(model, structure, backend=backend)
+    from mlsim.openmm._module import resolve_model
+
+    # Loaded once here: the force and the uncertainty monitor share it.
+    system_model = resolve_model(model)
+    system = create_system(system_model, structure, backend=backend)
     dt = units.time_to_openmm(timestep_fs) * unit.picosecond
     if ensemble == "nvt":
         integrator = openmm.LangevinMiddleIntegrator(
@@ -445,7 +451,19 @@ def run_md(
                 _trim_xtc(traj_path, done, report_interval)
         if log_path.exists():
             _trim_csv(log_path, done)
+        if unc_path.exists():
+            _trim_csv(unc_path, done)
 
+    monitor = None
+    if hasattr(system_model, "member_energies"):
+        # A committee: log its spread every report; stop above max_uncertainty (eV/A) if given.
+        from mlsim.openmm._uncertainty import CSV_HEADER, UncertaintyMonitor
+
+        monitor = UncertaintyMonitor(system_model, structure.numbers, periodic, max_uncertainty)
+        if not (resume and unc_path.exists()):
+            write_text(unc_path, CSV_HEADER)
+    elif max_uncertainty is not None:
+        raise ValueError("max_uncertainty needs a committee model (an ensemble)")
     append = resume and traj_path.exists()
     traj_cls = app.DCDReporter if suffix == ".dcd" else app.XTCReporter
     reporters = [
@@ -527,6 +545,8 @@ def run_md(
                 if suffix == ".dcd"
                 else "positions in nm, time in ps",
                 log_path.name: _CSV_UNITS,
+                unc_path.name: "committee spread: eV/A per atom (forces), eV (energy); "
+                "written for committee models only",
                 "topology.pdb": "Angstrom",
                 "final_state.xml, last_good_state.xml": "OpenMM State XML: nm, ps, kJ/mol",
                 chk_path.name: "OpenMM binary checkpoint (SHA-256 in checkpoint.json)",
@@ -546,6 +566,10 @@ def run_md(
             sim.step(n)
             state = snapshot()
             problem = _problem(state, limits)
+            spread = None
+            if monitor is not None and not problem:
+                spread = monitor.evaluate(state)
+                problem = monitor.problem(spread)
             if problem:
                 bad_step = sim.currentStep
                 sim.context.loadCheckpoint(good_checkpoint)
@@ -561,6 +585,10 @@ def run_md(
             if sim.currentStep % report_interval == 0:
                 for r in reporters:
                     r.report(sim, state)
+                if spread is not None:
+                    t_ps = sim.currentStep * timestep_fs / units.FS_PER_PS
+                    with open(unc_path, "a", encoding="utf-8") as fh:  # a log, like state.csv
+                        fh.write(monitor.row(sim.currentStep, t_ps, spread))
             if (
                 sim.currentStep - last_checkpoint_step >= checkpoint_interval
                 or sim.currentStep == steps

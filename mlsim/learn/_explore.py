@@ -55,13 +55,10 @@ def explore(
     progress: bool = True,
 ) -> list[WalkerResult]:
     """Run every walker of one iteration (temperatures x walkers) with the committee `model`."""
-    from ase import units
-    from ase.constraints import FixCom
-    from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
     from tqdm import tqdm
 
     from mlsim.ase import MLCalculator
+    from mlsim.ase._langevin import langevin_nvt
 
     calc = model if isinstance(model, MLCalculator) else MLCalculator(model)
     if not calc.is_ensemble:
@@ -82,21 +79,7 @@ def explore(
             atoms = start.to_atoms()
             atoms.info.clear()
             atoms.calc = calc
-            # FixCom + fixcm=False, as in mlsim.data.sample: the correct NVT ensemble.
-            atoms.set_constraint(FixCom())
-            thermalize_momenta(atoms, temp, rng=rng)
-            Stationary(atoms)
-            if not atoms.pbc.any():
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    ZeroRotation(atoms)
-            dyn = Langevin(
-                atoms,
-                timestep=cfg.timestep_fs * units.fs,
-                temperature_K=temp,
-                friction=cfg.friction_per_fs / units.fs,
-                fixcm=False,
-                rng=rng,
-            )
+            dyn = langevin_nvt(atoms, temp, cfg.timestep_fs, cfg.friction_per_fs, rng)
             guard = GeometryGuard.from_structure(
                 atoms.numbers, atoms.positions, start.cell, start.pbc, min_distance=cfg.min_distance
             )

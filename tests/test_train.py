@@ -560,3 +560,46 @@ def test_warm_start_continues_from_the_init_model(tiny, reference_run) -> None:
     )
     with pytest.raises(ValueError, match="init_model: .* warm starts need the same architecture"):
         train(load_config(other), progress=False)
+
+
+# --- issue #15: a float64 run is saved in float64 ------------------------------------------------
+def test_float64_training_exports_a_float64_model(tiny, reference_run) -> None:
+    """dtype: float64 -> model.pt in float64: energies of the trained eager model to 1e-10, forces
+    to central finite differences of its energy (which float32 weights could not meet)."""
+    import copy
+
+    from mlsim.models import compute_properties
+    from mlsim.train import Callback, collate
+
+    trained = {}
+
+    class KeepFinalModel(Callback):
+        def on_fit_end(self, trainer, summary) -> None:
+            trained["model"] = copy.deepcopy(trainer.final_model)
+
+    cfg = load_config(_config(tiny, "f64", dtype="float64", epochs=2))
+    train(cfg, progress=False, callbacks=[KeepFinalModel()])
+    model = load_model(tiny / "f64" / "model.pt")
+    floats = [t for t in [*model.parameters(), *model.buffers()] if t.dtype.is_floating_point]
+    assert floats and all(t.dtype == torch.float64 for t in floats)
+    # A float32 run stays float32.
+    assert next(load_model(reference_run / "model.pt").parameters()).dtype == torch.float32
+
+    b = collate(read_structures(tiny / "test.extxyz"), torch.float64)
+    energy = model(*b.inputs())
+    assert energy.dtype == torch.float64
+    eager = trained["model"]
+    assert next(eager.parameters()).dtype == torch.float64
+    torch.testing.assert_close(energy, eager(*b.inputs()).detach(), rtol=0, atol=1e-10)
+
+    forces = compute_properties(model, *b.inputs(), forces=True)["forces"].detach()
+    h = 1e-5
+    for atom in range(5):  # every atom of the first structure, every component
+        for k in range(3):
+            shifted = []
+            for sign in (1, -1):
+                pos = b.positions.clone()
+                pos[atom, k] += sign * h
+                shifted.append(model(b.numbers, pos, b.cell, b.pbc, b.batch)[0].item())
+            fd = -(shifted[0] - shifted[1]) / (2 * h)
+            assert abs(forces[atom, k].item() - fd) < 1e-6, (atom, k, forces[atom, k].item(), fd)

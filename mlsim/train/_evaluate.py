@@ -10,52 +10,77 @@ import torch
 from torch import nn
 
 from mlsim.models import compute_properties
-from mlsim.train._batching import TensorData
+from mlsim.train._batching import PackedStructures
 
 __all__ = ["evaluate", "metrics_from_predictions", "predict"]
 
 
 def predict(
     model: nn.Module,
-    structures: Sequence,
+    structures: Sequence | PackedStructures,
     batch_size: int = 128,
     progress: bool = False,
     dtype: torch.dtype | None = None,
 ) -> dict[str, np.ndarray]:
     """Energies and forces predicted for every structure, alongside the references (eV, eV/A)."""
+    data = (
+        structures
+        if isinstance(structures, PackedStructures)
+        else PackedStructures.from_structures(structures)
+    )
+    return predict_share(model, data, batch_size, progress=progress, dtype=dtype)
+
+
+def predict_share(
+    model: nn.Module,
+    data: PackedStructures,
+    batch_size: int,
+    *,
+    progress: bool = False,
+    dtype: torch.dtype | None = None,
+    rank: int = 0,
+    world: int = 1,
+) -> dict[str, np.ndarray]:
+    """predict() of the batches rank, rank + world, ... only; the other rows of the arrays are 0.
+
+    Batch k covers structures [k * batch_size, (k + 1) * batch_size) whatever `world` is, so the
+    sum of the ranks' arrays equals predict() exactly (x + 0 is exact).
+    """
     ref = next((b for b in model.buffers() if b.dtype.is_floating_point), None)
     if dtype is None:
         dtype = ref.dtype if ref is not None else torch.float32
     device = ref.device if ref is not None else torch.device("cpu")
-    data = TensorData(structures, dtype)
     n = len(data)
-    e_pred, f_pred = np.zeros(n), []
+    n_atoms = data.n_atoms
+    ptr = np.concatenate([[0], np.cumsum(n_atoms, dtype=np.int64)])
+    e_pred = np.zeros(n)
+    f_pred = np.zeros((int(ptr[-1]), 3))
+    f_ref = np.zeros((int(ptr[-1]), 3))
     from tqdm import tqdm
 
     bar = tqdm(
         total=n, desc="evaluate", unit="struct", file=sys.stderr, disable=not progress, leave=False
     )
-    for start in range(0, n, batch_size):
-        idx = list(range(start, min(n, start + batch_size)))
-        b = data.batch(idx).to(device)
-        out = compute_properties(model, *b.inputs(), forces=True)
-        e_pred[idx] = out["energy"].detach().double().cpu().numpy()
-        f_pred.append(out["forces"].detach().double().cpu().numpy())
-        bar.update(len(idx))
+    for k, start in enumerate(range(0, n, batch_size)):
+        stop = min(n, start + batch_size)
+        if k % world == rank:
+            idx = np.arange(start, stop)
+            b = data.batch(idx, dtype).to(device)
+            out = compute_properties(model, *b.inputs(), forces=True)
+            e_pred[start:stop] = out["energy"].detach().double().cpu().numpy()
+            f_pred[ptr[start] : ptr[stop]] = out["forces"].detach().double().cpu().numpy()
+            # References as stored (float64), not the model-dtype copy in the batch.
+            f_ref[ptr[start] : ptr[stop]] = data.reference_forces(idx)
+        bar.update(stop - start)
     bar.close()
     return {
         "energy_pred": e_pred,
-        "energy_ref": data.energy.numpy(),
-        "has_energy": data.has_energy.numpy(),
-        "forces_pred": np.concatenate(f_pred) if f_pred else np.zeros((0, 3)),
-        # References straight from the structures (float64), not the model-dtype training copy.
-        "forces_ref": np.concatenate(
-            [st.forces if st.forces is not None else np.zeros((len(st), 3)) for st in structures]
-        )
-        if n
-        else np.zeros((0, 3)),
-        "has_forces": data.has_forces.numpy(),
-        "n_atoms": data.n_atoms.astype(float),
+        "energy_ref": data.energy.astype(np.float64),
+        "has_energy": data.has_energy.astype(bool),
+        "forces_pred": f_pred,
+        "forces_ref": f_ref,
+        "has_forces": np.repeat(data.has_forces.astype(bool), n_atoms),
+        "n_atoms": n_atoms.astype(float),
     }
 
 

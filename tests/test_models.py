@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from mlsim.models import (
     load_metadata,
     load_model,
     save_model,
+    upgrade_state_dict,
 )
 
 SPECS = {
@@ -309,3 +312,106 @@ def test_neighbor_list_too_large_for_memory_is_a_memory_error(scripted: bool) ->
     pbc = torch.ones(1, 3, dtype=torch.bool)
     with pytest.raises(MemoryError, match="pairs estimated"):
         compute_properties(model, numbers, pos, cell, pbc, torch.zeros(2, dtype=torch.long))
+
+
+# --- model files of earlier versions; blocks -----------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_load_trainable_of_shipped_model_matches_load_model() -> None:
+    """examples/ethanol/model.pt (saved before the blocks existed, old state-dict keys): the eager
+    model rebuilt from its spec gives the archive's energies and forces."""
+    from mlsim.data import read
+    from mlsim.models import load_trainable
+
+    path = ROOT / "examples" / "ethanol" / "model.pt"
+    scripted = load_model(path)
+    eager, meta = load_trainable(path)
+    assert meta["architecture"] == "painn" and isinstance(eager, PaiNNModel)
+    structures = read(ROOT / "examples" / "ethanol" / "ethanol_test_dft.extxyz.gz")[:8]
+    numbers = torch.tensor(np.concatenate([s.numbers for s in structures]))
+    pos = torch.tensor(np.concatenate([s.positions for s in structures]), dtype=torch.float32)
+    cell = torch.zeros(len(structures), 3, 3)
+    pbc = torch.zeros(len(structures), 3, dtype=torch.bool)
+    batch = torch.cat([torch.full((len(s.numbers),), k) for k, s in enumerate(structures)])
+    ref = compute_properties(scripted, numbers, pos, cell, pbc, batch)
+    got = compute_properties(eager, numbers, pos, cell, pbc, batch)
+    torch.testing.assert_close(got["energy"], ref["energy"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(got["forces"], ref["forces"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["ani", "painn"])
+def test_state_dicts_with_pre_block_key_names_load(arch: str) -> None:
+    """Weights saved before the element table, shift, scale and radial basis became blocks
+    (keys species_map, self_energy, energy_scale, freqs) load into today's models, also as
+    ensemble members; the result is the same model."""
+    model = _model(arch, [1, 6, 8], seed=1)
+    renamed = {v: k for k, v in model.renamed_state_dict_keys().items()}
+    old = {}
+    for key, value in model.state_dict().items():
+        old[renamed.get(key, key)] = value
+    assert "self_energy" in old and "atomic_shift.self_energy" not in old
+    fresh = _model(arch, [1, 6, 8], seed=2)
+    fresh.load_state_dict(old)
+    inputs = _inputs([_ethanol(3)])
+    torch.testing.assert_close(fresh(*inputs), model(*inputs), rtol=0, atol=0)
+    ens = Ensemble([_model(arch, [1, 6, 8], seed=3)]).double()
+    ens.load_state_dict({f"members.0.{k}": v for k, v in old.items()})
+    torch.testing.assert_close(ens(*inputs), model(*inputs), rtol=0, atol=0)
+    # Code that matches keys itself (a weight average restored from an old checkpoint) renames.
+    old_ens = {f"members.0.{k}": v for k, v in old.items()}
+    assert set(old_ens) != set(ens.state_dict())
+    assert set(upgrade_state_dict(ens, old_ens)) == set(ens.state_dict())
+
+
+def test_blocks_values_and_scripting() -> None:
+    """Radial bases and cutoffs have their defining values; every block scripts."""
+    from mlsim.models.blocks import (
+        AtomicShift,
+        BesselRBF,
+        CosineCutoff,
+        ElementEmbedding,
+        ElementIndex,
+        EnergyScale,
+        GaussianRBF,
+        PolynomialCutoff,
+    )
+
+    d = torch.linspace(0.5, 6.0, 23, dtype=torch.float64)
+    n = torch.arange(1, 5, dtype=torch.float64)
+    bessel = BesselRBF(4, 5.0)(d)
+    torch.testing.assert_close(bessel, torch.sin(d[:, None] * n * np.pi / 5.0) / d[:, None])
+    gauss = GaussianRBF(6, 5.0)
+    at_centres = gauss(gauss.centres.double())
+    torch.testing.assert_close(at_centres.diagonal(), torch.ones(6, dtype=torch.float64))
+    torch.testing.assert_close(CosineCutoff(5.0)(d), 0.5 * (torch.cos(d * np.pi / 5.0) + 1.0))
+    poly = PolynomialCutoff(5.0)
+    x = torch.tensor([0.0, 4.999999, 5.0, 5.5], dtype=torch.float64, requires_grad=True)
+    y = poly(x)
+    assert y[0].item() == 1.0 and abs(y[1].item()) < 1e-12 and y[2:].abs().max() == 0
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert g.abs().max() < 1e-3  # flat at both ends
+    index = ElementIndex([8, 1, 6])
+    torch.testing.assert_close(index(torch.tensor([1, 6, 8, 1])), torch.tensor([1, 2, 0, 1]))
+    with pytest.raises(ValueError, match="atomic number 7 is not supported"):
+        index(torch.tensor([7]))
+    with pytest.raises(ValueError, match="distinct atomic numbers"):
+        ElementIndex([1, 1])
+    shift = AtomicShift([8, 1], {1: -13.6, 8: -2041.0})
+    torch.testing.assert_close(shift(torch.tensor([1, 0])), torch.tensor([-13.6, -2041.0]))
+    torch.testing.assert_close(EnergyScale(2.0)(torch.tensor([1.5])), torch.tensor([3.0]))
+    torch.manual_seed(0)
+    emb = ElementEmbedding(3, 4)
+    torch.manual_seed(0)
+    torch.testing.assert_close(emb.weight, torch.nn.Embedding(3, 4).weight)  # same seeded init
+    for block, arg in [
+        (BesselRBF(4, 5.0), d),
+        (GaussianRBF(6, 5.0), d),
+        (CosineCutoff(5.0), d),
+        (PolynomialCutoff(5.0), d),
+        (index, torch.tensor([1, 6])),
+        (emb, torch.tensor([0, 2])),
+        (shift, torch.tensor([0, 1])),
+        (EnergyScale(2.0), d),
+    ]:
+        torch.testing.assert_close(torch.jit.script(block)(arg), block(arg))

@@ -603,3 +603,39 @@ def test_float64_training_exports_a_float64_model(tiny, reference_run) -> None:
                 shifted.append(model(b.numbers, pos, b.cell, b.pbc, b.batch)[0].item())
             fd = -(shifted[0] - shifted[1]) / (2 * h)
             assert abs(forces[atom, k].item() - fd) < 1e-6, (atom, k, forces[atom, k].item(), fd)
+
+
+def _old_names(state: dict) -> dict:
+    """State-dict keys as models wrote them before the model blocks existed."""
+    rename = {
+        "element_index.species_map": "species_map",
+        "atomic_shift.self_energy": "self_energy",
+        "energy_scale.scale": "energy_scale",
+        "rbf.freqs": "freqs",
+    }
+    out = {}
+    for k, v in state.items():
+        for new, old in rename.items():
+            if k == new or k.endswith("." + new):
+                k = k[: len(k) - len(new)] + old
+                break
+        out[k] = v
+    return out
+
+
+def test_checkpoint_with_pre_block_parameter_names_resumes(tiny, reference_run) -> None:
+    """A checkpoint written before the model blocks (old key names) resumes to the same result."""
+    cfg = load_config(_config(tiny, "oldnames"))
+    train(cfg, progress=False, stop_after_epochs=2)
+    ck_path = tiny / "oldnames" / "checkpoint.pt"
+    ck = torch.load(ck_path, map_location="cpu", weights_only=False)
+    assert "element_index.species_map" in ck["model"]
+    ck["model"] = _old_names(ck["model"])
+    ck["ema"]["shadow"] = _old_names(ck["ema"]["shadow"])
+    if ck["state"]["best_state"] is not None:
+        ck["state"]["best_state"] = _old_names(ck["state"]["best_state"])
+    torch.save(ck, ck_path)
+    train(cfg, resume=True, progress=False)
+    got, ref = _weights(ck_path), _weights(reference_run / "checkpoint.pt")
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), k

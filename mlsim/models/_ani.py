@@ -11,13 +11,10 @@ os.environ.setdefault("TORCHANI_NO_WARN_EXTENSIONS", "1")
 from torchani.aev import AEVComputer  # noqa: E402
 from torchani.neighbors import Neighbors  # noqa: E402
 
+from mlsim._schema import Option  # noqa: E402
 from mlsim.models._base import AtomicModel  # noqa: E402
-from mlsim.models._graph import (  # noqa: E402
-    element_indices,
-    neighbor_pairs,
-    pair_vectors,
-    pairs_within,
-)
+from mlsim.models._graph import neighbor_pairs, pair_vectors, pairs_within  # noqa: E402
+from mlsim.models._registry import register_architecture  # noqa: E402
 
 __all__ = ["ANIModel"]
 
@@ -32,6 +29,23 @@ def _mlp(n_in: int, hidden: Sequence[int], alpha: float) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+@register_architecture(
+    "ani",
+    hyperparameters={
+        "radial_cutoff": Option("radial AEV cutoff, Angstrom", gt=0),
+        "angular_cutoff": Option("angular AEV cutoff, Angstrom", gt=0),
+        "radial_start": Option("first radial shift, Angstrom", ge=0),
+        "radial_eta": Option("radial Gaussian width parameter", gt=0),
+        "radial_num_shifts": Option("radial shifts", ge=1),
+        "angular_start": Option("first angular radial shift, Angstrom", ge=0),
+        "angular_eta": Option("angular Gaussian width parameter", gt=0),
+        "angular_zeta": Option("angular sharpness", gt=0),
+        "angular_num_shifts": Option("angular radial shifts", ge=1),
+        "angular_num_sections": Option("angular sections", ge=1),
+        "hidden": Option("hidden layer widths of the element networks", ge=1),
+        "celu_alpha": Option("CELU activation alpha", gt=0),
+    },
+)
 class ANIModel(AtomicModel):
     """ANI-style model: torchani AEVs (radial + angular) and per-element MLPs; energies in eV."""
 
@@ -57,8 +71,7 @@ class ANIModel(AtomicModel):
         energy_scale: float = 1.0,
     ) -> None:
         """Build the AEV featurizer and networks; self_energies maps Z -> eV (fitted from data)."""
-        super().__init__()
-        self._init_elements(elements, self_energies, energy_scale)
+        super().__init__(elements, self_energies, energy_scale)
         self.cutoff = float(radial_cutoff)
         self.aev = AEVComputer.like_1x(
             num_species=len(self.elements),
@@ -84,7 +97,7 @@ class ANIModel(AtomicModel):
         self, numbers: Tensor, positions: Tensor, cell: Tensor, pbc: Tensor, batch: Tensor
     ) -> tuple[Tensor, Tensor]:
         """Element index (N,) and raw torchani AEV (N, D) of every atom."""
-        pos = positions.to(self.self_energy.dtype)
+        pos = positions.to(self.float_dtype())
         i, j, shifts = neighbor_pairs(pos, cell.to(pos.dtype), pbc, batch, self.cutoff)
         return self.features_from_pairs(numbers, positions, cell, pbc, batch, i, j, shifts)
 
@@ -101,15 +114,27 @@ class ANIModel(AtomicModel):
         shifts: Tensor,
     ) -> tuple[Tensor, Tensor]:
         """Element index and raw AEV from a precomputed half pair list (beyond cutoff ignored)."""
-        species = element_indices(numbers, self.species_map, self.elements)
-        pos = positions.to(self.self_energy.dtype)
-        cell = cell.to(pos.dtype)
+        species = self.element_index(numbers)
+        pos = positions.to(self.float_dtype())
+        aev = self._aev(species, pos, cell.to(pos.dtype), batch, i, j, shifts)
+        return species, aev
+
+    def _aev(
+        self,
+        species: Tensor,
+        pos: Tensor,
+        cell: Tensor,
+        batch: Tensor,
+        i: Tensor,
+        j: Tensor,
+        shifts: Tensor,
+    ) -> Tensor:
+        """Raw torchani AEV (N, D) from element indices, positions/cell in the model's dtype, pairs."""
         i, j, shifts = pairs_within(pos, cell, batch, i, j, shifts, self.cutoff)
         vec = pair_vectors(pos, cell, batch, i, j, shifts)
         # torchani's convention: diff_vectors = R[first] - R[second].
         nb = Neighbors(torch.stack([i, j]), torch.linalg.vector_norm(vec, dim=1), -vec)
-        aev = self.aev.compute_from_neighbors(species.unsqueeze(0), pos.unsqueeze(0), nb)[0]
-        return species, aev
+        return self.aev.compute_from_neighbors(species.unsqueeze(0), pos.unsqueeze(0), nb)[0]
 
     @torch.jit.unused
     def fit_input_scaling(
@@ -124,10 +149,9 @@ class ANIModel(AtomicModel):
             ok = std > 1e-6
             self.aev_inv_std.copy_(torch.where(ok, 1.0 / std.clamp_min(1e-6), torch.ones_like(std)))
 
-    @torch.jit.export
-    def atomic_energies_from_pairs(
+    def atomic_outputs_from_pairs(
         self,
-        numbers: Tensor,
+        species: Tensor,
         positions: Tensor,
         cell: Tensor,
         pbc: Tensor,
@@ -136,12 +160,12 @@ class ANIModel(AtomicModel):
         j: Tensor,
         shifts: Tensor,
     ) -> Tensor:
-        """Per-atom energies (eV) from a precomputed half pair list (pairs beyond cutoff ignored)."""
-        species, aev = self.features_from_pairs(numbers, positions, cell, pbc, batch, i, j, shifts)
+        """Per-atom network outputs (N,) from a half pair list (pairs beyond cutoff ignored)."""
+        aev = self._aev(species, positions, cell, batch, i, j, shifts)
         aev = (aev - self.aev_mean) * self.aev_inv_std
-        out = torch.zeros(numbers.shape[0], dtype=aev.dtype, device=aev.device)
+        out = torch.zeros(species.shape[0], dtype=aev.dtype, device=aev.device)
         for k, net in enumerate(self.nets):
             sel = (species == k).nonzero().view(-1)
             if sel.numel() > 0:
                 out = out.index_put((sel,), net(aev.index_select(0, sel)).view(-1))
-        return out * self.energy_scale + self.self_energy[species]
+        return out

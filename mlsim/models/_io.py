@@ -16,7 +16,6 @@ from torch import nn
 from mlsim._fileio import atomic_path
 
 __all__ = [
-    "ARCHITECTURES",
     "build_model",
     "load_metadata",
     "load_model",
@@ -24,28 +23,25 @@ __all__ = [
     "save_model",
 ]
 
-ARCHITECTURES = ("ani", "painn")
 _META = "mlsim.json"
 
 
 def build_model(spec: dict[str, Any]) -> nn.Module:
-    """Create an eager model from a spec: {architecture, elements, self_energies, hyperparameters, [ensemble]}."""
-    from mlsim.models._ani import ANIModel
+    """Create an eager model from a spec: {architecture, elements, self_energies, hyperparameters}.
+
+    The architecture is looked up in the registry (`register_architecture`, plug-ins included);
+    "ensemble" wraps the models of its "members" specs.
+    """
     from mlsim.models._ensemble import Ensemble
-    from mlsim.models._painn import PaiNNModel
+    from mlsim.models._registry import get_architecture
 
     arch = str(spec.get("architecture", "")).lower()
     if arch == "ensemble":
         return Ensemble([build_model(m) for m in spec["members"]])
-    classes = {"ani": ANIModel, "painn": PaiNNModel}
-    if arch not in classes:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    entry = get_architecture(arch)
     se = {int(k): float(v) for k, v in (spec.get("self_energies") or {}).items()}
     hp = dict(spec.get("hyperparameters") or {})
-    try:
-        return classes[arch](elements=spec["elements"], self_energies=se, **hp)
-    except TypeError as exc:  # an unknown hyper-parameter name in the config
-        raise ValueError(f"bad hyper-parameters for {arch}: {exc}") from exc
+    return entry.build(spec["elements"], se, **hp)
 
 
 def _metadata(model: nn.Module, spec: dict[str, Any]) -> dict[str, Any]:

@@ -1,13 +1,15 @@
 """PaiNN-style equivariant message passing (Schuett et al. 2021) on mlsim's neighbor pairs."""
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
+from mlsim._schema import Option
 from mlsim.models._base import AtomicModel
-from mlsim.models._graph import element_indices, pair_vectors, pairs_within
+from mlsim.models._graph import pair_vectors, pairs_within
+from mlsim.models._registry import register_architecture
+from mlsim.models.blocks import BesselRBF, CosineCutoff, ElementEmbedding
 
 __all__ = ["PaiNNModel"]
 
@@ -63,6 +65,15 @@ class _Update(nn.Module):
         return [s + ds, v + dv]
 
 
+@register_architecture(
+    "painn",
+    hyperparameters={
+        "cutoff": Option("interaction cutoff radius, Angstrom", gt=0),
+        "features": Option("width of the atom features", ge=1),
+        "num_interactions": Option("message-passing layers", ge=1),
+        "num_rbf": Option("radial basis functions", ge=1),
+    },
+)
 class PaiNNModel(AtomicModel):
     """PaiNN-like equivariant message-passing potential; energies in eV, lengths in Angstrom."""
 
@@ -81,12 +92,12 @@ class PaiNNModel(AtomicModel):
         energy_scale: float = 1.0,
     ) -> None:
         """Build embedding, interaction blocks and readout; self_energies maps Z -> eV."""
-        super().__init__()
-        self._init_elements(elements, self_energies, energy_scale)
+        super().__init__(elements, self_energies, energy_scale)
         self.cutoff = float(cutoff)
         self.num_rbf = int(num_rbf)
         self.features = int(features)
-        self.embedding = nn.Embedding(len(self.elements), features)
+        # Creation order = the order the seeded initial weights are drawn in: keep it.
+        self.embedding = ElementEmbedding(len(self.elements), features)
         self.messages = nn.ModuleList(
             [_Message(features, num_rbf) for _ in range(num_interactions)]
         )
@@ -94,14 +105,16 @@ class PaiNNModel(AtomicModel):
         self.readout = nn.Sequential(
             nn.Linear(features, features // 2), nn.SiLU(), nn.Linear(features // 2, 1)
         )
-        self.register_buffer(
-            "freqs", torch.arange(1, num_rbf + 1, dtype=torch.float32) * math.pi / cutoff
-        )
+        self.rbf = BesselRBF(num_rbf, cutoff)
+        self.fcut = CosineCutoff(cutoff)
 
-    @torch.jit.export
-    def atomic_energies_from_pairs(
+    def renamed_state_dict_keys(self) -> dict[str, str]:
+        """Old -> new state-dict keys (the radial frequencies moved into the BesselRBF block)."""
+        return {**super().renamed_state_dict_keys(), "freqs": "rbf.freqs"}
+
+    def atomic_outputs_from_pairs(
         self,
-        numbers: Tensor,
+        species: Tensor,
         positions: Tensor,
         cell: Tensor,
         pbc: Tensor,
@@ -110,10 +123,8 @@ class PaiNNModel(AtomicModel):
         j: Tensor,
         shifts: Tensor,
     ) -> Tensor:
-        """Per-atom energies (eV) from a precomputed half pair list (pairs beyond cutoff ignored)."""
-        species = element_indices(numbers, self.species_map, self.elements)
-        pos = positions.to(self.self_energy.dtype)
-        cell = cell.to(pos.dtype)
+        """Per-atom network outputs (N,) from a half pair list (pairs beyond cutoff ignored)."""
+        pos = positions  # already in the model's dtype
         hi, hj, hshifts = pairs_within(pos, cell, batch, i, j, shifts, self.cutoff)
         # Messages flow both ways, so expand the half list into a full one. The vectors are built
         # from the full index list (not by concatenating +-vec): TorchScript's profiling executor
@@ -123,14 +134,12 @@ class PaiNNModel(AtomicModel):
         vec = pair_vectors(pos, cell, batch, i, j, torch.cat([hshifts, -hshifts]))
         d = torch.sqrt((vec * vec).sum(1))
         unit = vec / d.unsqueeze(1)
-        freqs = self.freqs.to(pos.dtype)
-        rbf = torch.sin(d.unsqueeze(1) * freqs) / d.unsqueeze(1)
-        fcut = 0.5 * (torch.cos(d * math.pi / self.cutoff) + 1.0)
-        n = numbers.shape[0]
+        rbf = self.rbf.forward(d)  # forward(): see AtomicModel.atomic_energies_from_pairs
+        fcut = self.fcut.forward(d)
+        n = species.shape[0]
         s = self.embedding(species).to(pos.dtype)
         v = torch.zeros(n, 3, self.features, dtype=pos.dtype, device=pos.device)
         for msg, upd in zip(self.messages, self.updates):
             s, v = msg(s, v, i, j, rbf, fcut, unit)
             s, v = upd(s, v)
-        out = self.readout(s).view(-1)
-        return out * self.energy_scale + self.self_energy[species]
+        return self.readout(s).view(-1)

@@ -98,11 +98,13 @@ class MovingAverage(Callback):
         self.decay = decay
         self.ema: EMA | None = None
         self._device: torch.device | None = None
+        self._model: nn.Module | None = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
         """Start the average at the initial weights (Checkpoint restores it on --resume)."""
         self.ema = EMA(trainer.model, self.decay)
         self._device = trainer.device
+        self._model = trainer.model
 
     def on_batch_end(self, trainer: Trainer, loss: float) -> None:
         """Fold the new weights in."""
@@ -121,8 +123,12 @@ class MovingAverage(Callback):
     def load_state_dict(self, state: Any) -> None:
         """Restore the EMA onto the training device."""
         assert self.ema is not None
+        from mlsim.models import upgrade_state_dict
+
         self.ema.load_state_dict(state)
-        self.ema.shadow = {k: v.to(self._device) for k, v in self.ema.shadow.items()}
+        # Checkpoints from before the model blocks carry the old parameter names.
+        shadow = upgrade_state_dict(self._model, self.ema.shadow)
+        self.ema.shadow = {k: v.to(self._device) for k, v in shadow.items()}
 
 
 class StopCriteria(Callback):

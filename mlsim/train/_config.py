@@ -4,21 +4,21 @@ Every key is declared once, as a field of `TrainConfig` carrying its default and
 allowed range or choices, a one-line description and whether it may change on `--resume`. The type
 comes from the field's annotation. `SCHEMA` collects them; validation, the error messages, the
 `--resume` comparison and `config_reference()` (the rows of the config reference docs) all read
-it, so a rule is never written twice. Model hyper-parameters have their own table,
-`HYPERPARAMETERS`, per architecture.
+it, so a rule is never written twice. Model hyper-parameters are declared by each architecture
+where its class is registered (`mlsim.models.register_architecture`); the config reads the
+architecture names and their schemas from that registry (`HYPERPARAMETERS` is a view of it).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
-import os
-import re
 import typing
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from mlsim._schema import Option, check_value, kind_of
 
 __all__ = [
     "HYPERPARAMETERS",
@@ -31,51 +31,6 @@ __all__ = [
     "load_config",
     "resume_changes",
 ]
-
-
-@dataclass(frozen=True)
-class Option:
-    """The rules for one config key: type, range or choices, meaning, and whether --resume may change it."""
-
-    doc: str  # one line, for error messages and the reference docs
-    kind: str = ""  # int, float, bool, str, path, mapping, int_list (filled from the annotation)
-    nullable: bool = False  # null (None) allowed; `doc` says what it means
-    gt: float | None = None
-    ge: float | None = None
-    lt: float | None = None
-    le: float | None = None
-    choices: tuple[str, ...] | None = None
-    # "fixed": must equal the checkpoint's value on --resume (it shapes the run so far);
-    # "free": may change on --resume (stop criteria, output, evaluation-only settings), logged.
-    resume: str = "fixed"
-    default: Any = None
-
-    def allowed(self) -> str:
-        """What the key accepts, in words: 'an integer >= 1, or null'."""
-        noun = {
-            "int": "an integer",
-            "float": "a number",
-            "bool": "true or false",
-            "str": "a string",
-            "path": "a path (relative to the config file)",
-            "mapping": "a mapping",
-            "int_list": "a list of integers",
-        }[self.kind]
-        if self.choices is not None:
-            noun = "one of " + ", ".join(repr(c) for c in self.choices)
-        bounds = [
-            f"{op} {_fmt(v)}"
-            for op, v in ((">", self.gt), (">=", self.ge), ("<", self.lt), ("<=", self.le))
-            if v is not None
-        ]
-        if bounds:
-            noun += (" with each " if self.kind == "int_list" else " ") + " and ".join(bounds)
-        return noun + (", or null" if self.nullable else "")
-
-
-def _fmt(v: float) -> str:
-    """A bound as the user would write it (1 rather than 1.0)."""
-    return str(int(v)) if float(v).is_integer() else repr(v)
 
 
 def _key(default: Any, doc: str, *, factory: Any = None, **rules: Any) -> Any:
@@ -199,24 +154,13 @@ class TrainConfig:
                 raise ValueError(message.format(*values))
 
 
-def _kind_of(hint: Any) -> tuple[str, bool]:
-    """(kind, nullable) from a field's type annotation."""
-    args = typing.get_args(hint)
-    nullable = type(None) in args
-    if nullable:
-        hint = next(a for a in args if a is not type(None))
-    base = typing.get_origin(hint) or hint
-    kind = {int: "int", float: "float", bool: "bool", str: "str", dict: "mapping"}[base]
-    return kind, nullable
-
-
 def _build_schema() -> dict[str, Option]:
     """SCHEMA from TrainConfig's fields: the Option in each field plus its annotation and default."""
     hints = typing.get_type_hints(TrainConfig)
     schema = {}
     for f in dataclasses.fields(TrainConfig):
         opt: Option = f.metadata["option"]
-        kind, nullable = _kind_of(hints[f.name])
+        kind, nullable = kind_of(hints[f.name])
         if f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:
@@ -232,36 +176,50 @@ def _build_schema() -> dict[str, Option]:
 SCHEMA: dict[str, Option] = _build_schema()
 
 MODEL_KEYS: dict[str, Option] = {
-    "architecture": Option("the network: 'ani' or 'painn'", kind="str", choices=("ani", "painn")),
+    # The choices are the registered architectures, filled in when checked (_architecture_option).
+    "architecture": Option("the network: a registered architecture", kind="str"),
     "hyperparameters": Option(
         "architecture options (see HYPERPARAMETERS); null: defaults", kind="mapping", nullable=True
     ),
 }
 
+
+def _architecture_option() -> Option:
+    """MODEL_KEYS['architecture'] with the architectures registered now (plug-ins included)."""
+    from mlsim.models import architectures
+
+    names = tuple(architectures())
+    doc = "the network: " + ", ".join(repr(n) for n in names)
+    return dataclasses.replace(MODEL_KEYS["architecture"], doc=doc, choices=names)
+
+
+class _Hyperparameters(Mapping[str, Mapping[str, Option]]):
+    """Architecture name -> its hyperparameter schema, read from the model registry on access."""
+
+    def __getitem__(self, arch: str) -> Mapping[str, Option]:
+        """The schema of `arch` (KeyError if unknown; ValueError naming a broken plug-in)."""
+        from mlsim.models import architectures, get_architecture
+
+        if not isinstance(arch, str) or arch.lower() not in architectures():
+            raise KeyError(arch)
+        return get_architecture(arch).hyperparameters
+
+    def __iter__(self) -> Iterator[str]:
+        """Registered architecture names."""
+        from mlsim.models import architectures
+
+        return iter(architectures())
+
+    def __len__(self) -> int:
+        """Number of registered architectures."""
+        from mlsim.models import architectures
+
+        return len(architectures())
+
+
 # Per architecture: every constructor option a config may set (energy_scale and the elements are
-# set by the trainer from the data). tests/test_train.py checks this against the constructors.
-HYPERPARAMETERS: dict[str, dict[str, Option]] = {
-    "painn": {
-        "cutoff": Option("interaction cutoff radius, Angstrom", kind="float", gt=0),
-        "features": Option("width of the atom features", kind="int", ge=1),
-        "num_interactions": Option("message-passing layers", kind="int", ge=1),
-        "num_rbf": Option("radial basis functions", kind="int", ge=1),
-    },
-    "ani": {
-        "radial_cutoff": Option("radial AEV cutoff, Angstrom", kind="float", gt=0),
-        "angular_cutoff": Option("angular AEV cutoff, Angstrom", kind="float", gt=0),
-        "radial_start": Option("first radial shift, Angstrom", kind="float", ge=0),
-        "radial_eta": Option("radial Gaussian width parameter", kind="float", gt=0),
-        "radial_num_shifts": Option("radial shifts", kind="int", ge=1),
-        "angular_start": Option("first angular radial shift, Angstrom", kind="float", ge=0),
-        "angular_eta": Option("angular Gaussian width parameter", kind="float", gt=0),
-        "angular_zeta": Option("angular sharpness", kind="float", gt=0),
-        "angular_num_shifts": Option("angular radial shifts", kind="int", ge=1),
-        "angular_num_sections": Option("angular sections", kind="int", ge=1),
-        "hidden": Option("hidden layer widths of the element networks", kind="int_list", ge=1),
-        "celu_alpha": Option("CELU activation alpha", kind="float", gt=0),
-    },
-}
+# set by the trainer from the data); registration checks each table against its constructor.
+HYPERPARAMETERS: Mapping[str, Mapping[str, Option]] = _Hyperparameters()
 
 # Rules between keys: (keys, check on their values, message formatted with the values).
 _RULES: list[tuple[tuple[str, ...], Any, str]] = [
@@ -283,94 +241,26 @@ _RULES: list[tuple[tuple[str, ...], Any, str]] = [
     ),
 ]
 
-# A number PyYAML leaves as a string: YAML 1.1 reads `1e-3` (no dot, no sign) as text.
-_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
-def check_value(name: str, opt: Option, value: Any) -> Any:
-    """`value` checked against `opt` and normalised (3 -> 3.0 for a number); ValueError naming `name`."""
-
-    def bad() -> ValueError:
-        return ValueError(
-            f"{name} = {value!r} is invalid: expected {opt.allowed()}. {name}: {opt.doc}"
-        )
-
-    if value is None:
-        if opt.nullable:
-            return None
-        raise bad()
-    kind = opt.kind
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise bad()
-        return value
-    if kind == "path" and isinstance(value, os.PathLike):
-        value = os.fspath(value)  # Python callers pass pathlib.Path
-    if kind in ("str", "path"):
-        if not isinstance(value, str) or not value.strip():
-            raise bad()
-        if opt.choices is not None and value not in opt.choices:
-            raise bad()
-        return value
-    if kind == "mapping":
-        if not isinstance(value, dict):
-            raise bad()
-        return value
-    if kind == "int_list":
-        if not isinstance(value, (list, tuple)) or not value:
-            raise bad()
-        items = [_number(v, "int") for v in value]
-        if any(v is None or not _in_range(v, opt) for v in items):
-            raise bad()
-        return items
-    number = _number(value, kind)
-    if number is None or not _in_range(number, opt):
-        raise bad()
-    return number
-
-
-def _number(value: Any, kind: str) -> int | float | None:
-    """`value` as an int (kind 'int') or a finite float, or None when it is not one."""
-    if isinstance(value, bool):  # bool is an int subclass; `epochs: true` is a mistake
-        return None
-    if isinstance(value, str) and kind == "float" and _FLOAT_TEXT.fullmatch(value.strip()):
-        value = float(value)
-    if isinstance(value, numbers.Integral):  # also NumPy integers from Python callers
-        return int(value) if kind == "int" else float(value)
-    if isinstance(value, numbers.Real) and math.isfinite(value):
-        value = float(value)
-        if kind == "float":
-            return value
-        return int(value) if value.is_integer() else None  # 100.0 epochs is fine, 2.5 is not
-    return None
-
-
-def _in_range(v: float, opt: Option) -> bool:
-    """Whether `v` satisfies the bounds of `opt`."""
-    return (
-        (opt.gt is None or v > opt.gt)
-        and (opt.ge is None or v >= opt.ge)
-        and (opt.lt is None or v < opt.lt)
-        and (opt.le is None or v <= opt.le)
-    )
-
 
 def _check_model(model: dict[str, Any]) -> dict[str, Any]:
     """The `model` mapping checked against MODEL_KEYS and the architecture's HYPERPARAMETERS."""
+    from mlsim.models import get_architecture
+
     _unknown("model", model, MODEL_KEYS)
+    arch_opt = _architecture_option()
     if "architecture" not in model:
-        raise ValueError("model.architecture is required (one of 'ani', 'painn')")
+        raise ValueError(f"model.architecture is required ({arch_opt.allowed()})")
     out = dict(model)
-    arch_opt = MODEL_KEYS["architecture"]
     arch = model["architecture"]
     # build_model ignores case, so configs that say `PaiNN` keep working.
     if not isinstance(arch, str) or arch.lower() not in (arch_opt.choices or ()):
         raise ValueError(f"model.architecture = {arch!r} is invalid: expected {arch_opt.allowed()}")
+    entry = get_architecture(arch)
     hp = check_value(
         "model.hyperparameters", MODEL_KEYS["hyperparameters"], model.get("hyperparameters")
     )
     if hp is not None:
-        table = HYPERPARAMETERS[arch.lower()]
+        table = entry.hyperparameters
         _unknown(f"model.hyperparameters (for {arch})", hp, table)
         out["hyperparameters"] = {
             k: check_value(f"model.hyperparameters.{k}", table[k], v) for k, v in hp.items()
@@ -477,14 +367,11 @@ def config_reference() -> list[dict[str, str]]:
         if name == "base_dir":
             continue  # internal
         rows.append(_row(name, opt))
-    rows.append(_row("model.architecture", MODEL_KEYS["architecture"], "required"))
+    rows.append(_row("model.architecture", _architecture_option(), "required"))
     rows.append(_row("model.hyperparameters", MODEL_KEYS["hyperparameters"], "None"))
     for arch, table in HYPERPARAMETERS.items():
-        defaults = hyperparameter_defaults(arch)
         for name, opt in table.items():
-            rows.append(
-                _row(f"model.hyperparameters.{name} ({arch})", opt, defaults.get(name, "?"))
-            )
+            rows.append(_row(f"model.hyperparameters.{name} ({arch})", opt))
     return rows
 
 
@@ -492,18 +379,15 @@ def hyperparameter_defaults(arch: str) -> dict[str, str]:
     """The architecture's constructor options a config may set, with their defaults (as text)."""
     import inspect
 
-    from mlsim.models import ANIModel, PaiNNModel
+    from mlsim.models import get_architecture
+    from mlsim.models._registry import SET_FROM_DATA
 
-    cls = {"ani": ANIModel, "painn": PaiNNModel}[arch]
+    cls = get_architecture(arch).cls
     return {
         name: repr(p.default)
-        for name, p in inspect.signature(cls.__init__).parameters.items()
-        if name not in _SET_BY_TRAINER and p.default is not inspect.Parameter.empty
+        for name, p in inspect.signature(cls).parameters.items()
+        if name not in SET_FROM_DATA and p.default is not inspect.Parameter.empty
     }
-
-
-# Constructor options the trainer sets from the data, never from the config.
-_SET_BY_TRAINER = {"self", "elements", "self_energies", "energy_scale"}
 
 
 def _row(name: str, opt: Option, default: str | None = None) -> dict[str, str]:

@@ -16,13 +16,13 @@ Boltzmann density exp(-U/kT) on Cartesian space; MD uses LangevinMiddle at 1 fs 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from mlsim._fileio import atomic_path, write_json
+from mlsim.units import length_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -66,8 +66,9 @@ def _angle_ess(theta: np.ndarray) -> float:
 
 
 def _ensure_md_data(out: Path, seeds: list[int], ns: float) -> tuple[list[np.ndarray], float]:
-    """Training/reference MD (flexible bonds, 1 fs, OBC2); cached per seed, written atomically."""
-    from mlsim.systems import alanine_dipeptide, simulate
+    """Training/reference MD (flexible bonds, 1 fs, OBC2) in Angstrom; cached per seed, written
+    atomically (files from older runs store nm as `positions_nm`)."""
+    from mlsim.testsystems import alanine_dipeptide, run_langevin
 
     out.mkdir(parents=True, exist_ok=True)
     mol = alanine_dipeptide("obc2", constraints=None)
@@ -75,16 +76,18 @@ def _ensure_md_data(out: Path, seeds: list[int], ns: float) -> tuple[list[np.nda
     for seed in seeds:
         f = out / f"seed{seed}.npz"
         if not f.exists():
-            fr = simulate(
-                mol.system, mol.positions_nm, round(ns * 1e6), 500, seed, dt_fs=1.0,
+            fr = run_langevin(
+                mol.system, mol.positions, round(ns * 1e6), 500, seed, dt_fs=1.0,
                 equilibrate_steps=20000, progress=True,
             )  # fmt: skip
             wall += fr.wall_s
-            fd, tmp = tempfile.mkstemp(dir=out, suffix=".npz.tmp")
-            with os.fdopen(fd, "wb") as fh:
-                np.savez_compressed(fh, positions_nm=fr.positions_nm.astype(np.float32))
-            os.replace(tmp, f)
-        trajs.append(np.load(f)["positions_nm"].astype(np.float64) * 10.0)  # nm -> Angstrom
+            with atomic_path(f, suffix=".npz") as tmp:
+                np.savez_compressed(tmp, positions=fr.positions.astype(np.float32))
+        with np.load(f) as d:
+            if "positions" in d:
+                trajs.append(d["positions"].astype(np.float64))
+            else:
+                trajs.append(d["positions_nm"].astype(np.float64) * length_factor("nm"))
     return trajs, wall
 
 
@@ -109,17 +112,17 @@ def main() -> int:
 
     torch.set_num_threads(1)
     from mlsim.propagators import (
-        ALANINE_SOFT_ROWS,
         HMCKernel,
         OpenMMTarget,
         Propagator,
         PropagatorConfig,
-        alanine_zmatrix,
+        build_zmatrix,
+        graph_from_topology,
         make_pairs,
         run_propagator_chain,
         train_propagator,
     )
-    from mlsim.systems import alanine_dipeptide, phi_psi, simulate
+    from mlsim.testsystems import alanine_dipeptide, phi_psi, run_langevin
 
     work = Path(args.workdir)
     mol = alanine_dipeptide("obc2", constraints=None)
@@ -131,11 +134,12 @@ def main() -> int:
 
     # --- train (resumable; a finished model is reused) -----------------------------------------
     model_path = work / f"model_dihedral_tau{args.tau_ps:g}.pt"
-    z = alanine_zmatrix(top)
-    cfg = PropagatorConfig(
-        22, z.roots, z.rows, tau_ps=args.tau_ps, hidden=64, n_layers=6, d_context=64,
-        mode="dihedrals", dihedral_rows=ALANINE_SOFT_ROWS,
-    )  # fmt: skip
+    # The Z-matrix and its rotatable torsions (phi, psi, three methyl rotors) come from the bond
+    # graph; nothing here is specific to alanine dipeptide but the reference data.
+    layout = build_zmatrix(graph_from_topology(top), mol.positions)
+    cfg = PropagatorConfig.for_layout(
+        layout, tau_ps=args.tau_ps, mode="dihedrals", hidden=64, n_layers=6, d_context=64
+    )
     if model_path.exists() and not args.quick:
         model = Propagator.load(model_path)
         train_info = model.extra
@@ -157,23 +161,22 @@ def main() -> int:
     x_start = trajs[0][0]
     n_md = round(args.md_ps * 1000)
     cpu0 = time.process_time()
-    md = simulate(
-        mol.system, x_start / 10.0, n_md, round(frame_ps * 1000), args.seed, dt_fs=1.0,
-        progress=True,
-    )  # fmt: skip
+    md = run_langevin(
+        mol.system, x_start, n_md, round(frame_ps * 1000), args.seed, dt_fs=1.0, progress=True
+    )
     md_cpu = time.process_time() - cpu0
-    md_angles = phi_psi(md.positions_nm, top)
+    md_angles = phi_psi(md.positions, top)
 
     # A second, faster baseline: HBonds-constrained MD at 2 fs (a slightly different ensemble, the
     # usual production setting); reported for ESS per CPU-second only.
     mol_c = alanine_dipeptide("obc2", constraints="HBonds")
     cpu0 = time.process_time()
-    md2 = simulate(
-        mol_c.system, x_start / 10.0, n_md // 2, round(frame_ps * 500), args.seed, dt_fs=2.0,
+    md2 = run_langevin(
+        mol_c.system, x_start, n_md // 2, round(frame_ps * 500), args.seed, dt_fs=2.0,
         progress=True,
     )  # fmt: skip
     md2_cpu = time.process_time() - cpu0
-    md2_angles = phi_psi(md2.positions_nm, top)
+    md2_angles = phi_psi(md2.positions, top)
 
     # --- sampler chain -------------------------------------------------------------------------
     target = OpenMMTarget(mol.system, 300.0)
@@ -291,11 +294,12 @@ def main() -> int:
     fig.tight_layout()
     RESULTS.mkdir(parents=True, exist_ok=True)
     png = RESULTS / ("propagator_quick.png" if args.quick else "propagator_ramachandran.png")
-    fig.savefig(png, dpi=90)
+    with atomic_path(png, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=90)
     out["plot"] = str(png.relative_to(ROOT))
 
     path = RESULTS / ("propagator_quick.json" if args.quick else "propagator.json")
-    path.write_text(json.dumps(out, indent=2))
+    write_json(path, out, indent=2)
     print(f"{'':24s}{'MD':>12s}{'sampler':>12s}")
     for key in (
         "wall_s",

@@ -328,7 +328,7 @@ def test_ml_mm_mixed_system_on_solvated_dipeptide():
     from openmmml import MLPotential
 
     pdb = app.PDBFile(
-        str(__import__("mlsim.systems", fromlist=["x"]).__path__[0] + "/alanine_dipeptide.pdb")
+        str(__import__("mlsim.testsystems", fromlist=["x"]).ALANINE_PDB)
     )
     ff = app.ForceField("amber14-all.xml", "amber14/tip3p.xml")
     modeller = app.Modeller(pdb.topology, pdb.positions)
@@ -434,7 +434,7 @@ def test_interpolated_ml_mm_and_xml_round_trip():
 
     import mlsim.systems
 
-    pdb = app.PDBFile(mlsim.systems.__path__[0] + "/alanine_dipeptide.pdb")
+    pdb = app.PDBFile(str(mlsim.testsystems.ALANINE_PDB))
     mm_system = app.ForceField("amber14-all.xml").createSystem(pdb.topology)
     torch.manual_seed(0)
     model = torch.jit.script(

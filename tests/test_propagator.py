@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,14 +13,13 @@ from mlsim.propagators import (
     ConditionalRealNVP,
     Propagator,
     PropagatorConfig,
-    alanine_zmatrix,
     metropolis_hastings,
     train_propagator,
 )
 
 openmm = pytest.importorskip("openmm")
 
-from mlsim.systems import alanine_dipeptide  # noqa: E402
+from mlsim.testsystems import alanine_dipeptide, alanine_zmatrix  # noqa: E402
 
 
 def _randomise(module: torch.nn.Module, seed: int, std: float = 0.3) -> None:
@@ -74,7 +74,7 @@ def test_dihedral_proposal_normalised_on_torus(mol) -> None:
     m.s_std.fill_(0.5)
     m.s_mean.copy_(torch.tensor([0.3, -0.2]))
     _randomise(m, 1, 0.05)
-    x = torch.as_tensor(mol.positions_nm * 10.0)[None]
+    x = torch.as_tensor(mol.positions)[None]
     n = 100
     g = (torch.arange(n, dtype=torch.float64) + 0.5) * (2 * math.pi / n) - math.pi
     grid = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
@@ -89,7 +89,7 @@ def test_full_proposal_exact_and_invariant(mol) -> None:
     """Full mode: sample's log q equals log_prob; Jacobian matches autograd; rigid invariance."""
     # Mild random weights: proposals stay molecule-like (wild ones lose digits in atanh/log).
     m = _model(mol, "full", std=0.05)
-    x = torch.as_tensor(mol.positions_nm * 10.0)[None].expand(4, -1, -1)
+    x = torch.as_tensor(mol.positions)[None].expand(4, -1, -1)
     with torch.no_grad():
         m.s_mean.copy_(m.flow_variable(x[:1], x[:1])[0])  # centred on "no move", 0.05 spread
         m.s_std.fill_(0.05)
@@ -165,7 +165,7 @@ def test_save_load_roundtrip(mol, tmp_path) -> None:
     path = m.save(tmp_path / "prop.pt", extra={"note": "x"})
     m2 = Propagator.load(path).double()
     assert m2.config == m.config and m2.extra == {"note": "x"}
-    x = torch.as_tensor(mol.positions_nm * 10.0)[None].expand(3, -1, -1)
+    x = torch.as_tensor(mol.positions)[None].expand(3, -1, -1)
     with torch.no_grad():
         a, la = m.sample(x, torch.Generator().manual_seed(5))
         b, lb = m2.sample(x, torch.Generator().manual_seed(5))
@@ -181,7 +181,7 @@ def test_save_load_roundtrip(mol, tmp_path) -> None:
 def test_training_resumes_exactly(mol, tmp_path) -> None:
     """Interrupted-and-resumed training ends in the same weights as one uninterrupted run."""
     rng = np.random.default_rng(0)
-    x0 = mol.positions_nm[None] * 10.0 + 0.05 * rng.standard_normal((64, 22, 3))
+    x0 = mol.positions[None] + 0.05 * rng.standard_normal((64, 22, 3))
     x1 = x0 + 0.05 * rng.standard_normal((64, 22, 3))
 
     def fresh() -> Propagator:
@@ -210,7 +210,7 @@ def test_hmc_and_cli_propagate(mol, tmp_path, capsys) -> None:
     from mlsim.propagators import HMCKernel
 
     hmc = HMCKernel(mol.system, 300.0, dt_fs=1.0, n_steps=10, seed=0)
-    x = mol.positions_nm * 10.0
+    x = mol.positions
     for _ in range(10):
         x, _, e = hmc.step(x)
     assert hmc.acceptance_rate >= 0.7 and np.isfinite(e)
@@ -226,3 +226,114 @@ def test_hmc_and_cli_propagate(mol, tmp_path, capsys) -> None:
     assert out.with_suffix(".dcd").stat().st_size > 0
     assert main(argv + ["--hmc-steps", "0"]) == 1  # dihedral-only proposal needs HMC
     assert "not ergodic" in capsys.readouterr().err
+
+
+ETHANOL_MODEL = Path(__file__).resolve().parents[1] / "examples" / "ethanol" / "model.pt"
+
+
+@pytest.fixture(scope="module")
+def ethanol(tmp_path_factory):
+    """Ethanol: an XYZ file (bonds perceived), a 40-frame npz trajectory (Angstrom), positions."""
+    from ase import Atoms
+    from ase.io import write
+
+    from mlsim.data import ethanol_path, read
+
+    s = read(ethanol_path("test", "geometries"))[0]
+    d = tmp_path_factory.mktemp("ethanol")
+    write(d / "ethanol.xyz", Atoms(numbers=s.numbers, positions=s.positions))
+    rng = np.random.default_rng(0)
+    x = s.positions[None] + 0.03 * rng.standard_normal((40, 9, 3))
+    np.savez(d / "traj.npz", positions=x, numbers=s.numbers, frame_interval_ps=0.1)
+    return d, s.numbers, s.positions
+
+
+def test_model_target_energies_and_forces(ethanol) -> None:
+    """ModelTarget (an mlsim model.pt): batched energies equal MLCalculator's one by one, forces
+    too; overlapping atoms and NaN positions have zero density (infinite energy)."""
+    if not ETHANOL_MODEL.exists():
+        pytest.skip("examples/ethanol/model.pt not shipped")
+    from ase import Atoms
+
+    from mlsim.ase import MLCalculator
+    from mlsim.propagators import ModelTarget, Target
+
+    _, numbers, x = ethanol
+    t = ModelTarget(ETHANOL_MODEL, numbers, 300.0)
+    assert isinstance(t, Target) and t.n_atoms == 9
+    rng = np.random.default_rng(1)
+    xb = x[None] + 0.05 * rng.standard_normal((3, 9, 3))
+    bad = xb[0].copy()
+    bad[1] = bad[0] + 0.1  # closer than the hard core
+    e = t.energy(np.concatenate([xb, bad[None], np.full((1, 9, 3), np.nan)]))
+    calc = MLCalculator(str(ETHANOL_MODEL))
+    for k in range(3):
+        atoms = Atoms(numbers=numbers, positions=xb[k])
+        atoms.calc = calc
+        assert e[k] == pytest.approx(atoms.get_potential_energy(), abs=1e-4)
+    assert np.isinf(e[3]) and np.isinf(e[4])
+    e0, f0 = t.energy_forces(xb[0])
+    atoms = Atoms(numbers=numbers, positions=xb[0])
+    atoms.calc = calc
+    assert e0 == pytest.approx(e[0], abs=1e-4)
+    assert np.allclose(f0, atoms.get_forces(), atol=1e-3)
+    with pytest.raises(ValueError, match="not trained on elements"):
+        ModelTarget(ETHANOL_MODEL, [6, 6, 17], 300.0)
+
+
+def test_cli_train_and_sample_any_molecule(ethanol, mol, tmp_path, capsys) -> None:
+    """`mlsim propagate train` on an XYZ file (bonds perceived, Z-matrix built automatically) and
+    `sample` against an mlsim model (generic HMC) and a serialized OpenMM System (OpenMM HMC);
+    a structure that is not the model's molecule, and Amber14 on a non-peptide, fail with
+    messages that say what to do."""
+    import json
+
+    from mlsim.cli import main
+
+    if not ETHANOL_MODEL.exists():
+        pytest.skip("examples/ethanol/model.pt not shipped")
+    d, numbers, x = ethanol
+    xyz, prop = str(d / "ethanol.xyz"), tmp_path / "prop.pt"
+    argv = ["propagate", "train", xyz, "--data", str(d / "traj.npz"), "--tau-ps", "0.2"]
+    argv += ["--out", str(prop), "--steps", "4", "--batch-size", "8", "--hidden", "8"]
+    assert main(argv + ["--target", str(ETHANOL_MODEL)]) == 0
+    trained = Propagator.load(prop)
+    assert trained.config.mode == "dihedrals" and len(trained.config.dihedral_rows) == 2
+    assert trained.config.numbers == list(numbers) and len(trained.config.bonds) == 8
+    assert trained.extra["target"] == str(ETHANOL_MODEL)
+    capsys.readouterr()
+
+    out = tmp_path / "chain"
+    argv = ["propagate", "sample", xyz, "--model", str(prop), "--steps", "3", "--out", str(out)]
+    assert main(argv + ["--hmc-steps", "3", "--hmc-dt-fs", "0.5"]) == 0  # target: as trained
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["target"] == str(ETHANOL_MODEL) and len(summary["torsions"]) == 2
+    assert 0.0 <= summary["acceptance_rate"] <= 1.0 and summary["hmc_acceptance"] is not None
+    assert out.with_suffix(".dcd").stat().st_size > 0 and out.with_suffix(".pdb").exists()
+
+    # An OpenMM System from XML (harmonic bonds on the perceived graph) as the target.
+    from openmm import HarmonicBondForce, System, XmlSerializer
+
+    from mlsim.propagators import perceive_bonds
+
+    system, bonds = System(), HarmonicBondForce()
+    for z in numbers:
+        system.addParticle(12.0 if z > 1 else 1.0)
+    for a, b in perceive_bonds(numbers, x).bonds:
+        bonds.addBond(a, b, float(np.linalg.norm(x[a] - x[b])) / 10.0, 2e5)
+    system.addForce(bonds)
+    (tmp_path / "sys.xml").write_text(XmlSerializer.serialize(system))
+    argv2 = argv + ["--target", str(tmp_path / "sys.xml"), "--hmc-steps", "2"]
+    assert main(argv2) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["target"].endswith("sys.xml")
+    capsys.readouterr()
+
+    # The older form with another molecule's model: refused by name, not an OpenMM error.
+    ala = _model(mol, "dihedrals", rows=(0, 1, 8)).save(tmp_path / "ala.pt")
+    assert main(["propagate", xyz, "--model", str(ala), "--steps", "2"]) == 1
+    assert "molecule of 22 atoms" in capsys.readouterr().err
+    # Amber14 on a molecule it has no templates for says which targets work instead.
+    pdb = str(out.with_suffix(".pdb"))
+    assert main(["propagate", "sample", pdb, "--model", str(prop), "--target", "amber14"]) == 1
+    err = capsys.readouterr().err
+    assert "Amber14 cannot parameterise" in err and "--target MODEL.pt" in err

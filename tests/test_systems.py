@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -57,3 +59,25 @@ def test_bad_options_raise_clear_errors() -> None:
         alanine_dipeptide("water")
     with pytest.raises(ValueError, match="constraints"):
         alanine_dipeptide("vacuum", constraints="AllBonds")
+
+
+def test_systems_is_an_alias_of_testsystems_in_angstrom() -> None:
+    """mlsim.systems re-exports mlsim.testsystems; positions are Angstrom with an nm view for
+    OpenMM; run_langevin (Angstrom, fs) and the older simulate (nm, ps) give the same frames;
+    the shipped PDB (one file, in testsystems) is named by both packages; test systems are looked up by name."""
+    import mlsim.systems
+    import mlsim.testsystems as ts
+
+    assert mlsim.systems.alanine_dipeptide is ts.alanine_dipeptide
+    assert mlsim.systems.simulate is ts.simulate and mlsim.systems.write_dcd is ts.write_dcd
+    assert mlsim.systems.ALANINE_PDB == ts.ALANINE_PDB and ts.ALANINE_PDB.is_file()
+    mol = ts.get_testsystem("alanine", "vacuum", None)
+    assert np.allclose(mol.positions_nm * 10.0, mol.positions)
+    assert list(mol.numbers[:4]) == [6, 1, 1, 1]
+    a = ts.run_langevin(mol.system, mol.positions, 20, 10, seed=4, dt_fs=1.0)
+    b = ts.simulate(mol.system, mol.positions_nm, 20, 10, seed=4, dt_fs=1.0)
+    assert np.allclose(a.positions, b.positions, atol=1e-5)
+    assert np.allclose(a.times_fs, [10.0, 20.0]) and np.allclose(b.times_ps, [0.01, 0.02])
+    assert np.allclose(a.velocities_nm_ps, a.velocities * 100.0)  # A/fs -> nm/ps
+    with pytest.raises(ValueError, match="unknown test system"):
+        ts.get_testsystem("ubiquitin")

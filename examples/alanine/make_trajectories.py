@@ -1,8 +1,9 @@
 """Generate alanine-dipeptide MD trajectories (one per seed) for training and analysis.
 
-Each seed writes ``<out>/seed<k>.dcd`` (positions) and ``<out>/seed<k>.npz`` (positions nm,
-velocities nm/ps, times ps, settings). Seeds whose .npz already exists are skipped, so an
-interrupted run resumes where it stopped; files are written atomically.
+Each seed writes ``<out>/seed<k>.dcd`` (positions, with the frame spacing in its header and in
+``seed<k>.dcd.json``) and ``<out>/seed<k>.npz`` (positions in Angstrom, velocities in Angstrom/fs,
+times in fs, atomic numbers, settings). Seeds whose .npz already exists are skipped, so an
+interrupted run resumes where it stopped; files are written atomically (mlsim._fileio).
 
     python examples/alanine/make_trajectories.py --out data/alanine --seeds 0 1 2 3 --ns 1
     # data for mlsim.propagators (flexible bonds, 1 fs):
@@ -13,14 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from mlsim.systems import alanine_dipeptide, simulate, write_dcd
+from mlsim._fileio import atomic_path
+from mlsim.testsystems import alanine_dipeptide, run_langevin, write_dcd
+from mlsim.units import FS_PER_PS, positions_to_openmm
 
 
 def main() -> int:
@@ -43,38 +44,43 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     mol = alanine_dipeptide(args.solvent, None if args.constraints == "none" else "HBonds")
-    interval = round(args.interval_ps * 1000.0 / args.dt_fs)
-    n_frames = round(args.ns * 1000.0 / args.interval_ps)
+    interval = round(args.interval_ps * FS_PER_PS / args.dt_fs)
+    n_frames = round(args.ns * 1000.0 / args.interval_ps)  # ps per ns
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "seeds")}
     for seed in tqdm(args.seeds, desc="seeds", unit="traj"):
         npz = out / f"seed{seed}.npz"
         if npz.exists():
             tqdm.write(f"seed {seed}: {npz} exists, skipping")
             continue
-        fr = simulate(
+        fr = run_langevin(
             mol.system,
-            mol.positions_nm,
+            mol.positions,
             n_frames * interval,
             interval,
             seed,
             temperature=args.temperature,
             dt_fs=args.dt_fs,
             platform=args.platform,
-            equilibrate_steps=round(args.equilibrate_ps * 1000.0 / args.dt_fs),
+            equilibrate_steps=round(args.equilibrate_ps * FS_PER_PS / args.dt_fs),
             progress=True,
         )
-        write_dcd(out / f"seed{seed}.dcd", mol.topology, fr.positions_nm, args.interval_ps)
-        fd, tmp = tempfile.mkstemp(dir=out, suffix=".npz.tmp")
-        with os.fdopen(fd, "wb") as fh:
+        # DCD is OpenMM's format: convert at that boundary.
+        write_dcd(
+            out / f"seed{seed}.dcd",
+            mol.topology,
+            positions_to_openmm(fr.positions),
+            args.interval_ps,
+        )
+        with atomic_path(npz, suffix=".npz") as tmp:
             np.savez_compressed(
-                fh,
-                positions_nm=fr.positions_nm.astype(np.float32),
-                velocities_nm_ps=fr.velocities_nm_ps.astype(np.float32),
-                times_ps=fr.times_ps,
+                tmp,
+                positions=fr.positions.astype(np.float32),
+                velocities=fr.velocities.astype(np.float32),
+                times_fs=fr.times_fs,
+                numbers=mol.numbers,
+                frame_interval_ps=args.interval_ps,
                 settings=json.dumps({**settings, "seed": seed}),
             )
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-        os.replace(tmp, npz)
         tqdm.write(f"seed {seed}: {n_frames} frames in {fr.wall_s:.1f} s -> {npz}")
     return 0
 

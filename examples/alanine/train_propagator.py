@@ -3,11 +3,14 @@
     python examples/alanine/make_trajectories.py --out runs/ala --solvent obc2 \
         --constraints none --dt-fs 1 --interval-ps 0.5
     python examples/alanine/train_propagator.py --data runs/ala --tau-ps 20 --out runs/ala/prop.pt
-    mlsim propagate alanine --model runs/ala/prop.pt --steps 2000 --out runs/ala/chain
+    mlsim propagate sample alanine --model runs/ala/prop.pt --steps 2000 --out runs/ala/chain
 
---mode dihedrals (default) proposes phi, psi and the methyl rotors and is paired with HMC in the
-sampler; --mode full proposes all 66 Cartesian degrees of freedom (Timewarp-like; needs far more
-training than a CPU affords to reach useful acceptance).
+The same as `mlsim propagate train alanine --data runs/ala/seed*.npz --tau-ps 20 --out ...`:
+the Z-matrix and its rotatable torsions come from the bond graph (build_zmatrix), nothing here
+is specific to alanine dipeptide. --mode dihedrals (default) proposes the rotatable torsions
+(phi, psi and the three methyl rotors) and is paired with HMC in the sampler; --mode full proposes
+all 66 Cartesian degrees of freedom (Timewarp-like; needs far more training than a CPU affords to
+reach useful acceptance).
 """
 
 from __future__ import annotations
@@ -20,14 +23,16 @@ import numpy as np
 import torch
 
 from mlsim.propagators import (
-    ALANINE_SOFT_ROWS,
+    Molecule,
     Propagator,
     PropagatorConfig,
-    alanine_zmatrix,
+    build_zmatrix,
+    graph_from_topology,
     make_pairs,
+    read_trajectory,
     train_propagator,
 )
-from mlsim.systems import alanine_dipeptide
+from mlsim.testsystems import alanine_dipeptide
 
 
 def main() -> int:
@@ -46,32 +51,32 @@ def main() -> int:
     files = sorted(Path(args.data).glob("seed*.npz"))
     if not files:
         raise SystemExit(f"no seed*.npz in {args.data}")
-    trajs, dt = [], None
+    ala = alanine_dipeptide(constraints=None)
+    mol = Molecule(ala.positions, graph_from_topology(ala.topology), ala.topology, "alanine")
+    trajs, dt, solvent = [], None, "obc2"
     for f in files:
-        d = np.load(f)
-        trajs.append(d["positions_nm"].astype(np.float64) * 10.0)  # nm -> Angstrom
-        st = json.loads(str(d["settings"])) if "settings" in d else {}
+        with np.load(f) as d:
+            st = json.loads(str(d["settings"])) if "settings" in d else {}
         if st.get("constraints", "none") != "none":
             raise SystemExit(f"{f}: propagator data must be unconstrained MD (--constraints none)")
-        dt = st.get("interval_ps", dt)
-    if dt is None:
-        raise SystemExit("cannot tell the frame interval; regenerate with make_trajectories.py")
+        solvent = st.get("solvent", solvent)
+        x, dt = read_trajectory(f, mol)  # Angstrom (older files in nm are converted)
+        trajs.append(x)
     lag = round(args.tau_ps / dt)
     if lag < 1 or abs(lag * dt - args.tau_ps) > 1e-6:
         raise SystemExit(f"tau {args.tau_ps} ps is not a multiple of the {dt} ps frame interval")
     x0, x1 = make_pairs(trajs, lag)
-    z = alanine_zmatrix(alanine_dipeptide().topology)
-    cfg = PropagatorConfig(
-        22, z.roots, z.rows, tau_ps=args.tau_ps, hidden=args.hidden, n_layers=args.layers,
-        d_context=64, mode=args.mode,
-        dihedral_rows=ALANINE_SOFT_ROWS if args.mode == "dihedrals" else [],
+    cfg = PropagatorConfig.for_layout(
+        build_zmatrix(mol.graph, mol.positions), tau_ps=args.tau_ps, mode=args.mode,
+        hidden=args.hidden, n_layers=args.layers, d_context=64,
     )  # fmt: skip
     model = Propagator(cfg)
     out = Path(args.out)
     res = train_propagator(
         model, x0, x1, n_steps=args.steps, lr=2e-3, checkpoint=out.with_suffix(".ckpt")
     )
-    model.save(out, extra={"train_s": res.wall_s, "val_nll": res.val_nll, "n_pairs": len(x0)})
+    extra = {"train_s": res.wall_s, "val_nll": res.val_nll, "n_pairs": len(x0)}
+    model.save(out, extra={**extra, "target": "amber14", "solvent": solvent})
     print(f"trained {res.steps} steps in {res.wall_s:.0f} s, val NLL {res.val_nll:.3f} -> {out}")
     return 0
 

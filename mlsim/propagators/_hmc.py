@@ -1,9 +1,12 @@
-"""Hamiltonian Monte Carlo on an OpenMM System: the exact kernel for the fast (stiff) coordinates.
+"""Hamiltonian Monte Carlo: the exact kernel for the fast (stiff) coordinates.
 
-Velocities are drawn from Maxwell-Boltzmann, the state is moved by `n_steps` of velocity Verlet
-(a CustomIntegrator, so the velocities read back are on-step and H is exact), and the move is
-accepted with min(1, exp(-beta * dH)). Velocity Verlet is reversible and volume preserving, so this
-leaves exp(-U/kT) exactly invariant for any step size.
+Velocities are drawn from Maxwell-Boltzmann, the state is moved by `n_steps` of velocity Verlet,
+and the move is accepted with min(1, exp(-beta * dH)). Velocity Verlet is reversible and volume
+preserving, so this leaves exp(-U/kT) exactly invariant for any step size.
+
+HMCKernel runs the integration inside OpenMM (a CustomIntegrator, so the velocities read back are
+on-step and H is exact); TargetHMC does the same in NumPy for any target with forces (an mlsim
+model); make_hmc picks the right one.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ import numpy as np
 from mlsim.units import (
     KB_EV_PER_K,
     KJ_PER_MOL_PER_EV,
+    energy_from_openmm,
     positions_from_openmm,
     positions_to_openmm,
+    time_to_openmm,
 )
 
-__all__ = ["HMCKernel"]
+__all__ = ["HMCKernel", "TargetHMC", "make_hmc"]
 
 
 class HMCKernel:
@@ -49,7 +54,7 @@ class HMCKernel:
                 for i in range(system.getNumParticles())
             ]
         )
-        integ = openmm.CustomIntegrator(dt_fs / 1000.0)
+        integ = openmm.CustomIntegrator(float(time_to_openmm(dt_fs)))
         integ.addComputePerDof("v", "v+0.5*dt*f/m")
         integ.addComputePerDof("x", "x+dt*v")
         integ.addComputePerDof("v", "v+0.5*dt*f/m")
@@ -85,5 +90,100 @@ class HMCKernel:
         if np.isfinite(log_a) and np.log(self._rng.random()) < log_a:
             self.n_accepted += 1
             x1 = positions_from_openmm(st.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
-            return x1, True, u1 / KJ_PER_MOL_PER_EV
-        return x, False, e0.value_in_unit(unit.kilojoule_per_mole) / KJ_PER_MOL_PER_EV
+            return x1, True, float(energy_from_openmm(u1))
+        return x, False, float(energy_from_openmm(e0.value_in_unit(unit.kilojoule_per_mole)))
+
+
+class TargetHMC:
+    """HMC on any target with `energy_forces` (ASE units: Angstrom, eV, amu, fs), in NumPy.
+
+    `step(x)` returns (x_new, accepted, U(x_new) in eV), like HMCKernel.
+    """
+
+    def __init__(
+        self,
+        target,
+        masses: np.ndarray,
+        dt_fs: float = 0.5,
+        n_steps: int = 10,
+        seed: int = 0,
+    ) -> None:
+        """Keep the target, the masses (amu) and the integration settings."""
+        from ase import units
+
+        if not hasattr(target, "energy_forces"):
+            raise ValueError("TargetHMC needs a target with energy_forces (forces for HMC)")
+        if n_steps < 1 or dt_fs <= 0:
+            raise ValueError("n_steps must be >= 1 and dt_fs > 0")
+        self.target = target
+        self.masses = np.asarray(masses, dtype=np.float64)
+        if self.masses.shape != (target.n_atoms,) or np.any(self.masses <= 0):
+            raise ValueError(f"masses must be {target.n_atoms} positive values (amu)")
+        self.n_steps = int(n_steps)
+        # ASE's time unit makes amu * (Angstrom / time)^2 = eV, so F/m is an acceleration.
+        self.dt = float(dt_fs) * units.fs
+        self.kt = 1.0 / target.beta  # eV
+        self._rng = np.random.default_rng(seed)
+        self.n_proposed = 0
+        self.n_accepted = 0
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Fraction of accepted HMC moves so far."""
+        return self.n_accepted / max(self.n_proposed, 1)
+
+    def step(self, x_angstrom: np.ndarray) -> tuple[np.ndarray, bool, float]:
+        """One HMC move from x (n, 3) Angstrom."""
+        x0 = np.asarray(x_angstrom, dtype=np.float64)
+        m = self.masses[:, None]
+        v = self._rng.standard_normal(x0.shape) * np.sqrt(self.kt / m)
+        u0, f = self.target.energy_forces(x0)
+        h0 = u0 + 0.5 * (m * v**2).sum()
+        x, u = x0.copy(), u0
+        for _ in range(self.n_steps):
+            v = v + 0.5 * self.dt * f / m
+            x = x + self.dt * v
+            u, f = self.target.energy_forces(x)
+            if not np.isfinite(u):
+                break
+            v = v + 0.5 * self.dt * f / m
+        h1 = u + 0.5 * (m * v**2).sum()
+        self.n_proposed += 1
+        log_a = -(h1 - h0) / self.kt
+        if np.isfinite(log_a) and np.log(self._rng.random()) < log_a:
+            self.n_accepted += 1
+            return x, True, float(u)
+        return x0, False, float(u0)
+
+
+def make_hmc(
+    target,
+    masses: np.ndarray | None = None,
+    dt_fs: float = 1.0,
+    n_steps: int = 20,
+    seed: int = 0,
+):
+    """The HMC kernel for `target`: inside OpenMM for an OpenMMTarget, else TargetHMC.
+
+    masses (amu) default to the System's (OpenMM) or the standard atomic masses of
+    `target.numbers` (ASE's table).
+    """
+    from mlsim.propagators._target import OpenMMTarget
+
+    if isinstance(target, OpenMMTarget):
+        return HMCKernel(
+            target.system,
+            target.temperature,
+            dt_fs,
+            n_steps,
+            seed,
+            getattr(target, "platform", "CPU"),
+        )
+    if masses is None:
+        from ase.data import atomic_masses
+
+        numbers = getattr(target, "numbers", None)
+        if numbers is None:
+            raise ValueError("give masses: the target does not know its atomic numbers")
+        masses = atomic_masses[np.asarray(numbers, dtype=np.int64)]
+    return TargetHMC(target, masses, dt_fs, n_steps, seed)

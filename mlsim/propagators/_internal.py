@@ -11,6 +11,9 @@ Each atom is placed by spherical coordinates, so |det dx'/d(ic)| = prod r^2 sin(
 The unconstrained flow variable s maps to these bijectively: s = log r, theta = pi * sigmoid(s),
 and a periodic angle w = w_ref + pi * tanh(s) (a bijection onto the circle around the value
 w_ref that x itself has). log-Jacobians of all three maps are computed in stable closed forms.
+
+ZMatrix is generic: any roots and rows that place every atom once. mlsim.propagators.build_zmatrix
+makes them from a molecule's bond graph. Lengths are in Angstrom.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ALANINE_SOFT_ROWS", "ZMatrix", "alanine_zmatrix"]
+__all__ = ["ZMatrix"]
 
 _LOG2 = math.log(2.0)
 
@@ -228,47 +231,3 @@ class ZMatrix:
         """log(1 - tanh(s)^2), stable for large |s|."""
         a = s.abs()
         return 2.0 * (_LOG2 - a - F.softplus(-2.0 * a))
-
-
-def alanine_zmatrix(topology) -> ZMatrix:
-    """Z-matrix of capped alanine dipeptide built from PDB atom names (ACE-ALA-NME).
-
-    Roots are ALA CA, N, C; phi and psi are the dihedral coordinates of ACE C and NME N, so the
-    slow backbone motion is two flow coordinates; methyl rotors are one dihedral each.
-    """
-    res = list(topology.residues())
-    if [r.name for r in res] != ["ACE", "ALA", "NME"]:
-        raise ValueError("alanine_zmatrix needs an ACE-ALA-NME topology")
-    ace, ala, nme = ({a.name: a.index for a in r.atoms()} for r in res)
-    # Methyl hydrogens are named H1-3 or HH31-33 depending on the PDB flavour; take them sorted.
-    ace_h = [ace[k] for k in sorted(ace) if k.startswith("H")]
-    nme_h = [nme[k] for k in sorted(nme) if k.startswith("H") and k != "H"]
-    if len(ace_h) != 3 or len(nme_h) != 3:
-        raise ValueError("expected three methyl hydrogens on ACE and on NME")
-    ca, n, c = ala["CA"], ala["N"], ala["C"]
-    rows = [
-        (ace["C"], n, ca, c),  # phi
-        (nme["N"], c, ca, n),  # psi
-        (ala["CB"], ca, n, c),
-        (ala["HA"], ca, n, c),
-        (ala["O"], c, nme["N"], ca),
-        (ala["H"], n, ca, ace["C"]),
-        (ace["CH3"], ace["C"], n, ca),  # omega (ACE)
-        (ace["O"], ace["C"], n, ace["CH3"]),
-        (ace_h[0], ace["CH3"], ace["C"], n),  # methyl rotor
-        (ace_h[1], ace["CH3"], ace["C"], ace_h[0]),
-        (ace_h[2], ace["CH3"], ace["C"], ace_h[0]),
-        (ala["HB1"], ala["CB"], ca, n),  # methyl rotor
-        (ala["HB2"], ala["CB"], ca, ala["HB1"]),
-        (ala["HB3"], ala["CB"], ca, ala["HB1"]),
-        (nme["C"], nme["N"], c, ca),  # omega (NME)
-        (nme["H"], nme["N"], c, nme["C"]),
-        (nme_h[0], nme["C"], nme["N"], c),  # methyl rotor
-        (nme_h[1], nme["C"], nme["N"], nme_h[0]),
-        (nme_h[2], nme["C"], nme["N"], nme_h[0]),
-    ]
-    return ZMatrix((ca, n, c), rows)
-
-
-# Rows of alanine_zmatrix whose dihedrals are the slow/soft coordinates: phi, psi, three methyls.
-ALANINE_SOFT_ROWS = [0, 1, 8, 11, 16]

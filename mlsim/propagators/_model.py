@@ -1,4 +1,9 @@
-"""The learned propagator: an exact conditional density q(x(t+tau) | x(t)) in Cartesian space."""
+"""The learned propagator: an exact conditional density q(x(t+tau) | x(t)) in Cartesian space.
+
+Lengths are in Angstrom. A model is specific to one molecule (its Z-matrix and atom order are in
+the config); a transferable proposal would condition each coordinate on the chemistry features
+of mlsim.propagators._layout (atom_features, torsion_features) instead of on its index.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from torch import nn
 from mlsim._fileio import atomic_path
 from mlsim.propagators._flow import ConditionalRealNVP
 from mlsim.propagators._internal import ZMatrix
+from mlsim.propagators._layout import ZMatrixLayout
 
 __all__ = ["Propagator", "PropagatorConfig"]
 
@@ -36,14 +42,21 @@ class PropagatorConfig:
     # coordinates of `dihedral_rows` (a Metropolis-within-Gibbs block; pair it with HMC).
     mode: str = "full"
     dihedral_rows: list[int] = field(default_factory=list)
-    numbers: list[int] = field(default_factory=list)  # atomic numbers, for bookkeeping
+    numbers: list[int] = field(default_factory=list)  # atomic numbers (empty in old files)
+    # The bond graph the Z-matrix was built from (empty in old files): checked against the
+    # structure a model is applied to, and the input of chemistry features (see _layout).
+    bonds: list[tuple[int, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         """Validate sizes so that a bad config fails here and not deep inside torch."""
         self.zmatrix_roots = tuple(int(i) for i in self.zmatrix_roots)
         self.zmatrix_rows = [tuple(int(i) for i in r) for r in self.zmatrix_rows]
+        self.numbers = [int(z) for z in self.numbers]
+        self.bonds = [tuple(int(i) for i in b) for b in self.bonds]
         if ZMatrix(self.zmatrix_roots, self.zmatrix_rows).n_atoms != self.n_atoms:
             raise ValueError(f"Z-matrix does not cover n_atoms={self.n_atoms}")
+        if self.numbers and len(self.numbers) != self.n_atoms:
+            raise ValueError(f"numbers has {len(self.numbers)} entries for {self.n_atoms} atoms")
         if self.mode not in ("full", "dihedrals"):
             raise ValueError(f"mode must be 'full' or 'dihedrals', got {self.mode!r}")
         self.dihedral_rows = [int(i) for i in self.dihedral_rows]
@@ -51,6 +64,65 @@ class PropagatorConfig:
             raise ValueError("mode='dihedrals' needs at least two dihedral_rows")
         if self.tau_ps <= 0:
             raise ValueError("tau_ps must be positive")
+
+    def check_graph(self, graph) -> None:
+        """Raise ValueError unless `graph` (a MolecularGraph) is the molecule of this config:
+        same atom count, elements and bonds (as far as the config records them)."""
+        if graph.n_atoms != self.n_atoms:
+            raise ValueError(
+                f"the propagator is for a molecule of {self.n_atoms} atoms; this structure "
+                f"({graph.formula}) has {graph.n_atoms}"
+            )
+        if self.numbers and list(graph.numbers) != self.numbers:
+            bad = [a for a, (z, w) in enumerate(zip(graph.numbers, self.numbers)) if z != w]
+            raise ValueError(
+                f"elements differ from the propagator's molecule at atoms {bad[:8]} (atom order "
+                "or molecule differs)"
+            )
+        if self.bonds:
+            want, have = {tuple(b) for b in self.bonds}, set(graph.bonds)
+            if want != have:
+                raise ValueError(
+                    f"bonds differ from the propagator's molecule: missing {sorted(want - have)[:5]}"
+                    f", extra {sorted(have - want)[:5]} (bonds from {graph.source})"
+                )
+            return
+        # Old files record no bonds: every Z-matrix bond (atom-parent pair) must be a bond here.
+        roots = self.zmatrix_roots
+        pairs = [(roots[1], roots[0]), (roots[2], roots[0])] + [
+            (r[0], r[1]) for r in self.zmatrix_rows
+        ]
+        missing = [p for p in pairs if not graph.has_bond(*p)]
+        if missing:
+            raise ValueError(
+                f"structure atom order does not match the propagator's Z-matrix: atoms {missing[:5]} "
+                "are not bonded in this structure"
+            )
+
+    @classmethod
+    def for_layout(
+        cls, layout: ZMatrixLayout, tau_ps: float, mode: str = "dihedrals", **kwargs
+    ) -> PropagatorConfig:
+        """Config for a molecule's automatic Z-matrix; mode "dihedrals" proposes its rotatable
+        torsions (at least two needed). Other keyword arguments set the architecture."""
+        rows = list(layout.rotatable_rows)
+        if mode == "dihedrals" and "dihedral_rows" not in kwargs:
+            if len(rows) < 2:
+                raise ValueError(
+                    f"the molecule ({layout.graph.formula}) has {len(rows)} rotatable torsion(s); "
+                    "mode 'dihedrals' needs at least two: use mode 'full'"
+                )
+            kwargs["dihedral_rows"] = rows
+        return cls(
+            n_atoms=layout.graph.n_atoms,
+            zmatrix_roots=layout.roots,
+            zmatrix_rows=list(layout.rows),
+            tau_ps=tau_ps,
+            mode=mode,
+            numbers=list(layout.graph.numbers),
+            bonds=list(layout.graph.bonds),
+            **kwargs,
+        )
 
 
 class Propagator(nn.Module):

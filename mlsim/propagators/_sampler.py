@@ -117,10 +117,12 @@ def run_propagator_chain(
     mh_per_cycle: int = 8,
     progress: bool = False,
 ) -> ChainResult:
-    """Sample the Boltzmann density of `target` (OpenMMTarget) with a trained Propagator.
+    """Sample the Boltzmann density of `target` (any Target: OpenMMTarget, ModelTarget, ...)
+    with a trained Propagator; positions in Angstrom.
 
     Without `hmc`: n_steps MH steps with the model's proposal (mode "full" only, since a
-    dihedral-only proposal alone is not ergodic). With `hmc` (an HMCKernel): n_steps cycles of
+    dihedral-only proposal alone is not ergodic). With `hmc` (HMCKernel or TargetHMC, see
+    make_hmc): n_steps cycles of
     [mh_per_cycle learned-proposal MH steps, one HMC move]; a composition of pi-invariant
     kernels, recorded once per cycle. The flow runs in float64 so that forward and reverse
     densities agree to round-off.

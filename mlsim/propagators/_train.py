@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,7 @@ class TrainResult:
 def _save_checkpoint(path: Path, model: Propagator, opt, step: int, wall: float) -> None:
     """Write model + optimizer state atomically, so an interrupted run resumes from here."""
     payload = {
+        "config": asdict(model.config),
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "opt": opt.state_dict(),
         "step": step,
@@ -78,7 +79,7 @@ def train_propagator(
 ) -> TrainResult:
     """Fit q(x1 | x0) by maximum likelihood (Adam, cosine LR decay); resume from `checkpoint`.
 
-    x0, x1: (N, n, 3) Angstrom. The last val_fraction of pairs is held out (no shuffling before
+    x0, x1: (N, n, 3) Angstrom. A checkpoint of a model with another config is refused. The last val_fraction of pairs is held out (no shuffling before
     the split, so held-out pairs come from the end of the data, less correlated with training).
     stop_at pauses after that many total steps (checkpointed), e.g. to train in time slices.
     """
@@ -101,6 +102,13 @@ def train_propagator(
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt is not None and ckpt.exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if state.get("config", asdict(model.config)) != asdict(model.config):
+            # Resuming another molecule's or architecture's run would fail deep in torch (or,
+            # worse, succeed with mismatched data): refuse by name.
+            raise ValueError(
+                f"checkpoint {ckpt} belongs to a propagator with other settings; delete it to "
+                "start over"
+            )
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step, wall0 = int(state["step"]), float(state["wall_s"])

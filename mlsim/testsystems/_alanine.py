@@ -4,6 +4,10 @@ The structure is generated from a SMILES string with RDKit (ETKDG embedding, L-a
 PDB v3 atom names that OpenMM's residue templates expect, and energy-minimised with Amber14. The
 result is shipped as ``alanine_dipeptide.pdb`` next to this module so that loading needs neither
 RDKit nor randomness; :func:`build_alanine_dipeptide_pdb` regenerates it.
+
+This module also keeps the hand-written Z-matrix of alanine dipeptide (:func:`alanine_zmatrix`,
+:data:`ALANINE_SOFT_ROWS`) that propagators trained before the automatic builder
+(:func:`mlsim.propagators.build_zmatrix`) store; the library itself holds no molecule tables.
 """
 
 from __future__ import annotations
@@ -15,11 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from mlsim._fileio import atomic_write
+from mlsim.units import positions_from_openmm, positions_to_openmm
 
 __all__ = [
     "ALANINE_PDB",
+    "ALANINE_SOFT_ROWS",
     "MolecularSystem",
     "alanine_dipeptide",
+    "alanine_zmatrix",
     "amber14_system",
     "build_alanine_dipeptide_pdb",
 ]
@@ -48,22 +55,32 @@ _CONSTRAINTS = ("none", "hbonds")
 
 @dataclass
 class MolecularSystem:
-    """An OpenMM topology + system + positions (nm); unpacks as ``top, system, pos = ...``."""
+    """An OpenMM topology + system + positions in Angstrom (the OpenMM objects keep their nm)."""
 
     topology: object  # openmm.app.Topology
     system: object  # openmm.System
-    positions_nm: np.ndarray  # (n_atoms, 3) float64, nm
+    positions: np.ndarray  # (n_atoms, 3) float64, Angstrom
     solvent: str
     constraints: str
 
     def __iter__(self):
-        """Allow ``topology, system, positions = alanine_dipeptide()``."""
+        """Allow ``topology, system, positions_nm = alanine_dipeptide()`` (OpenMM's units)."""
         return iter((self.topology, self.system, self.positions_nm))
+
+    @property
+    def positions_nm(self) -> np.ndarray:
+        """Positions in nm, for handing to OpenMM (Context.setPositions) directly."""
+        return positions_to_openmm(self.positions)
+
+    @property
+    def numbers(self) -> np.ndarray:
+        """Atomic numbers (n_atoms,)."""
+        return np.array([a.element.atomic_number for a in self.topology.atoms()], dtype=np.int64)
 
     @property
     def n_atoms(self) -> int:
         """Number of atoms."""
-        return int(self.positions_nm.shape[0])
+        return int(self.positions.shape[0])
 
 
 def _forcefield(solvent: str):
@@ -77,25 +94,36 @@ def _forcefield(solvent: str):
 
 
 def amber14_system(topology, solvent: str = "vacuum", constraints: str | None = "HBonds"):
-    """Create an Amber14 OpenMM System without cutoffs for a small molecule in vacuum or OBC2."""
+    """Create an Amber14 OpenMM System without cutoffs for a small molecule in vacuum or OBC2.
+
+    Raises ValueError naming the residue when Amber14 has no template for it (Amber14 covers
+    proteins and nucleic acids; other molecules need another target).
+    """
     from openmm import app
 
     key = "none" if constraints is None else str(constraints).lower()
     if key not in _CONSTRAINTS:
         raise ValueError(f"unknown constraints {constraints!r}; choose 'HBonds' or None")
     ff = _forcefield(solvent)
-    return ff.createSystem(
-        topology,
-        nonbondedMethod=app.NoCutoff,
-        constraints=app.HBonds if key == "hbonds" else None,
-        rigidWater=False,
-    )
+    try:
+        return ff.createSystem(
+            topology,
+            nonbondedMethod=app.NoCutoff,
+            constraints=app.HBonds if key == "hbonds" else None,
+            rigidWater=False,
+        )
+    except ValueError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(
+            f"Amber14 cannot parameterise this structure ({first}); it covers standard protein "
+            "and nucleic-acid residues only"
+        ) from exc
 
 
 def build_alanine_dipeptide_pdb(path: str | os.PathLike = ALANINE_PDB, seed: int = 7) -> Path:
     """Build ACE-ALA-NME with RDKit, name atoms for OpenMM, minimise with Amber14, write a PDB."""
     import openmm
-    from openmm import app, unit
+    from openmm import app
     from rdkit import Chem
     from rdkit.Chem import AllChem
 
@@ -103,7 +131,7 @@ def build_alanine_dipeptide_pdb(path: str | os.PathLike = ALANINE_PDB, seed: int
     if AllChem.EmbedMolecule(mol, randomSeed=seed) != 0:
         raise RuntimeError("RDKit failed to embed alanine dipeptide")
     AllChem.MMFFOptimizeMolecule(mol)
-    xyz = mol.GetConformer().GetPositions() * 0.1  # Angstrom -> nm (RDKit works in Angstrom)
+    xyz = mol.GetConformer().GetPositions()  # Angstrom (RDKit works in Angstrom)
 
     # Order atoms residue by residue: each heavy atom followed by its hydrogens.
     top = app.Topology()
@@ -132,13 +160,13 @@ def build_alanine_dipeptide_pdb(path: str | os.PathLike = ALANINE_PDB, seed: int
     system = amber14_system(top, "vacuum", "none")
     integ = openmm.VerletIntegrator(0.001)
     ctx = openmm.Context(system, integ, openmm.Platform.getPlatformByName("Reference"))
-    ctx.setPositions(pos)
+    ctx.setPositions(positions_to_openmm(pos))
     openmm.LocalEnergyMinimizer.minimize(ctx, 1e-3, 0)
-    pos = ctx.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+    pos_nm = ctx.getState(getPositions=True).getPositions(asNumpy=True)
 
     path = Path(path)
     with atomic_write(path) as fh:
-        app.PDBFile.writeFile(top, pos * unit.nanometer, fh, keepIds=True)
+        app.PDBFile.writeFile(top, pos_nm, fh, keepIds=True)
     return path
 
 
@@ -156,6 +184,53 @@ def alanine_dipeptide(
         raise FileNotFoundError(f"{ALANINE_PDB} missing; run build_alanine_dipeptide_pdb()")
     pdb = app.PDBFile(str(ALANINE_PDB))
     system = amber14_system(pdb.topology, solvent, constraints)
-    pos = np.asarray(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer), dtype=np.float64)
+    pos = positions_from_openmm(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
     key = "none" if constraints is None else str(constraints).lower()
     return MolecularSystem(pdb.topology, system, pos, solvent, key)
+
+
+def alanine_zmatrix(topology):
+    """Hand-written Z-matrix of capped alanine dipeptide from PDB atom names (ACE-ALA-NME).
+
+    Roots are ALA CA, N, C; phi and psi are the dihedral coordinates of ACE C and NME N, so the
+    slow backbone motion is two flow coordinates; methyl rotors are one dihedral each. New code
+    builds the Z-matrix from the bond graph instead (mlsim.propagators.build_zmatrix).
+    """
+    from mlsim.propagators import ZMatrix
+
+    res = list(topology.residues())
+    if [r.name for r in res] != ["ACE", "ALA", "NME"]:
+        raise ValueError("alanine_zmatrix needs an ACE-ALA-NME topology")
+    ace, ala, nme = ({a.name: a.index for a in r.atoms()} for r in res)
+    # Methyl hydrogens are named H1-3 or HH31-33 depending on the PDB flavour; take them sorted.
+    ace_h = [ace[k] for k in sorted(ace) if k.startswith("H")]
+    nme_h = [nme[k] for k in sorted(nme) if k.startswith("H") and k != "H"]
+    if len(ace_h) != 3 or len(nme_h) != 3:
+        raise ValueError("expected three methyl hydrogens on ACE and on NME")
+    ca, n, c = ala["CA"], ala["N"], ala["C"]
+    rows = [
+        (ace["C"], n, ca, c),  # phi
+        (nme["N"], c, ca, n),  # psi
+        (ala["CB"], ca, n, c),
+        (ala["HA"], ca, n, c),
+        (ala["O"], c, nme["N"], ca),
+        (ala["H"], n, ca, ace["C"]),
+        (ace["CH3"], ace["C"], n, ca),  # omega (ACE)
+        (ace["O"], ace["C"], n, ace["CH3"]),
+        (ace_h[0], ace["CH3"], ace["C"], n),  # methyl rotor
+        (ace_h[1], ace["CH3"], ace["C"], ace_h[0]),
+        (ace_h[2], ace["CH3"], ace["C"], ace_h[0]),
+        (ala["HB1"], ala["CB"], ca, n),  # methyl rotor
+        (ala["HB2"], ala["CB"], ca, ala["HB1"]),
+        (ala["HB3"], ala["CB"], ca, ala["HB1"]),
+        (nme["C"], nme["N"], c, ca),  # omega (NME)
+        (nme["H"], nme["N"], c, nme["C"]),
+        (nme_h[0], nme["C"], nme["N"], c),  # methyl rotor
+        (nme_h[1], nme["C"], nme["N"], nme_h[0]),
+        (nme_h[2], nme["C"], nme["N"], nme_h[0]),
+    ]
+    return ZMatrix((ca, n, c), rows)
+
+
+# Rows of alanine_zmatrix whose dihedrals are the slow/soft coordinates: phi, psi, three methyls.
+ALANINE_SOFT_ROWS = [0, 1, 8, 11, 16]

@@ -1,4 +1,9 @@
-"""Langevin MD with OpenMM: the trajectory generator for training data and reference runs."""
+"""Langevin MD with OpenMM: the trajectory generator for training data and reference runs.
+
+Positions go in and come out in Angstrom (velocities in Angstrom/fs, times in fs); the conversion
+to OpenMM's nm/ps happens here, through mlsim.units. :func:`simulate` is the older nm interface,
+kept for scripts written against it.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +14,37 @@ from pathlib import Path
 import numpy as np
 
 from mlsim._fileio import atomic_write, write_json
+from mlsim.units import FS_PER_PS, positions_from_openmm, positions_to_openmm
 
-__all__ = ["Frames", "make_context", "simulate", "write_dcd"]
+__all__ = ["Frames", "make_context", "run_langevin", "simulate", "write_dcd"]
 
 
 @dataclass
 class Frames:
-    """Saved MD frames: positions (T, n, 3) nm, velocities (T, n, 3) nm/ps or None, times (T,) ps."""
+    """Saved MD frames: positions (T, n, 3) Angstrom, velocities (T, n, 3) Angstrom/fs, times fs."""
 
-    positions_nm: np.ndarray
-    velocities_nm_ps: np.ndarray | None
-    times_ps: np.ndarray
+    positions: np.ndarray
+    velocities: np.ndarray | None
+    times_fs: np.ndarray
     wall_s: float
     n_steps: int
+
+    @property
+    def positions_nm(self) -> np.ndarray:
+        """Positions in nm (OpenMM's unit)."""
+        return positions_to_openmm(self.positions)
+
+    @property
+    def velocities_nm_ps(self) -> np.ndarray | None:
+        """Velocities in nm/ps (OpenMM's unit)."""
+        if self.velocities is None:
+            return None
+        return positions_to_openmm(self.velocities) * FS_PER_PS
+
+    @property
+    def times_ps(self) -> np.ndarray:
+        """Frame times in ps."""
+        return np.asarray(self.times_fs) / FS_PER_PS
 
 
 def make_context(system, temperature: float, dt_fs: float, seed: int, platform: str = "CPU"):
@@ -41,8 +64,10 @@ def make_context(system, temperature: float, dt_fs: float, seed: int, platform: 
 def write_dcd(path: str | os.PathLike, topology, positions_nm: np.ndarray, dt_ps: float) -> Path:
     """Write frames (T, n, 3) in nm, dt_ps apart, to a DCD file atomically (mlsim._fileio).
 
-    The spacing goes into the DCD header (time step dt_ps, one frame per step) and into
-    `<path>.json`, which mlsim analyze reads (mdtraj ignores DCD times).
+    This is a writer at the OpenMM boundary (OpenMM's DCDFile takes nm): convert Angstrom
+    positions with mlsim.units.positions_to_openmm first. The spacing goes into the DCD header
+    (time step dt_ps, one frame per step) and into `<path>.json`, which mlsim analyze reads
+    (mdtraj ignores DCD times).
     """
     from openmm import app, unit
 
@@ -66,7 +91,7 @@ def write_dcd(path: str | os.PathLike, topology, positions_nm: np.ndarray, dt_ps
     return path
 
 
-def simulate(
+def run_langevin(
     system,
     positions: np.ndarray,
     n_steps: int,
@@ -78,9 +103,10 @@ def simulate(
     equilibrate_steps: int = 0,
     progress: bool = False,
 ) -> Frames:
-    """Run Langevin MD (velocities drawn at `temperature`) and return every report_interval-th frame.
+    """Run Langevin MD from positions (n, 3) in Angstrom; return every report_interval-th frame.
 
-    Constraints are whatever `system` carries (HBonds for 2 fs; use dt_fs <= 1 without them).
+    Velocities are drawn at `temperature`. Constraints are whatever `system` carries (HBonds for
+    2 fs; use dt_fs <= 1 without them).
     """
     import time
 
@@ -96,7 +122,7 @@ def simulate(
     if n_steps <= 0 or report_interval <= 0 or n_steps % report_interval:
         raise ValueError("n_steps must be a positive multiple of report_interval")
     ctx = make_context(system, temperature, dt_fs, seed, platform)
-    ctx.setPositions(positions * unit.nanometer)
+    ctx.setPositions(positions_to_openmm(positions))
     ctx.applyConstraints(1e-8)
     ctx.setVelocitiesToTemperature(temperature * unit.kelvin, int(seed))
     integ = ctx.getIntegrator()
@@ -114,8 +140,9 @@ def simulate(
     for i in range(n_frames):
         integ.step(report_interval)
         st = ctx.getState(getPositions=True, getVelocities=True)
-        xs[i] = st.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-        vs[i] = st.getVelocities(asNumpy=True).value_in_unit(unit.nanometer / unit.picosecond)
+        xs[i] = positions_from_openmm(st.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+        v = st.getVelocities(asNumpy=True).value_in_unit(unit.nanometer / unit.picosecond)
+        vs[i] = positions_from_openmm(v) / FS_PER_PS  # nm/ps -> Angstrom/fs
         if bar is not None:
             bar.update(1)
     wall = time.perf_counter() - t0
@@ -123,5 +150,35 @@ def simulate(
         bar.close()
     if not np.all(np.isfinite(xs)):
         raise RuntimeError("MD blew up (non-finite positions); reduce dt_fs or add constraints")
-    times = (np.arange(1, n_frames + 1) * report_interval) * dt_fs / 1000.0
+    times = np.arange(1, n_frames + 1) * report_interval * float(dt_fs)
     return Frames(xs, vs, times, wall, int(n_steps))
+
+
+def simulate(
+    system,
+    positions: np.ndarray,
+    n_steps: int,
+    report_interval: int,
+    seed: int,
+    temperature: float = 300.0,
+    dt_fs: float = 2.0,
+    platform: str = "CPU",
+    equilibrate_steps: int = 0,
+    progress: bool = False,
+) -> Frames:
+    """:func:`run_langevin` with positions in nm (OpenMM's unit), the older interface.
+
+    Returns the same Frames (read ``positions_nm``/``times_ps`` or the Angstrom/fs fields).
+    """
+    return run_langevin(
+        system,
+        positions_from_openmm(positions),
+        n_steps,
+        report_interval,
+        seed,
+        temperature=temperature,
+        dt_fs=dt_fs,
+        platform=platform,
+        equilibrate_steps=equilibrate_steps,
+        progress=progress,
+    )

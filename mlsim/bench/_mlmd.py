@@ -115,7 +115,7 @@ def _model_spec() -> dict[str, Any]:
             from mlsim.models import load_metadata
 
             meta = load_metadata(shipped)["spec"]
-            if meta.get("architecture") in ("painn", "ani"):
+            if meta.get("architecture", "ensemble") != "ensemble":
                 hp = dict(meta.get("hyperparameters") or {})
                 hp.pop("energy_scale", None)  # refitted to the alanine data by mlsim.train
                 spec = {"architecture": meta["architecture"], "hyperparameters": hp}

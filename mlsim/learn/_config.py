@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LearnConfig", "load_learn_config"]
+__all__ = ["LearnConfig", "config_reference", "load_learn_config"]
 
 # Settings a resumed run may change (they only bound how long the loop goes on).
 RESUMABLE_CHANGES = ("max_iterations", "max_labels", "train_time_min")
@@ -150,3 +150,50 @@ def load_learn_config(path: str | Path, overrides: dict[str, Any] | None = None)
     cfg = LearnConfig(**raw)
     cfg.validate()
     return cfg
+
+
+DOCS: dict[str, str] = {
+    "output": "state folder: state.json, iter_NNN/ (walkers, selected frames, labels, committee), "
+    "model.pt, report.md",
+    "structures": "starting structures; every frame of the file is a walker start",
+    "train": "base training YAML (model, loss, schedule); its `ensemble` must be >= 2",
+    "reference": "reference method: {method: dft|xtb|module:Class, ...}; dft takes functional, "
+    "basis, density_fit, charge, spin, threads; xtb takes charge, spin",
+    "initial_data": "labelled structures to start from (null: sample and label first)",
+    "initial_model": "a committee model.pt trained on initial_data (null: train one first)",
+    "initial_samples": "without initial_data: cheap MD {calculator, temperatures, frames, every, "
+    "timestep_fs}, labelled by the reference afterwards",
+    "temperatures": "exploration temperature ladder (K)",
+    "walkers": "MD walkers per temperature and iteration",
+    "steps": "MD steps per walker and iteration",
+    "timestep_fs": "MD time step (fs)",
+    "friction_per_fs": "Langevin friction (1/fs)",
+    "record_every": "steps between uncertainty checks and candidate frames",
+    "lower": "eV/A: frames whose max per-atom force spread is at least this are worth labelling",
+    "upper": "eV/A: beyond this a walker has left the trusted region and stops",
+    "max_per_iteration": "labels per iteration (farthest-point selection among candidates)",
+    "max_labels": "label budget of the whole run, initial samples included",
+    "max_iterations": "exploration iterations at most",
+    "train_time_min": "retraining budget per iteration, minutes (warm start)",
+    "converge_temperatures": "temperatures that must stay confident to stop (null: the hottest)",
+    "converge_fs": "confident simulated time needed there, fs (null: one walker's full run)",
+    "min_distance": "Angstrom: closer atoms stop a walker (unphysical geometry)",
+    "test_data": "labelled file for the test error after every retraining (null: none)",
+    "seed": "seed of the walkers' velocities and thermostat noise",
+}
+
+
+def config_reference() -> list[dict[str, str]]:
+    """One row per learn-config key: key, default, description (for the docs)."""
+    rows = []
+    for f in dataclasses.fields(LearnConfig):
+        if f.name == "base_dir":
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = repr(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = repr(f.default_factory())
+        else:
+            default = "required"
+        rows.append({"key": f.name, "default": default, "description": DOCS[f.name]})
+    return rows

@@ -131,3 +131,20 @@ def test_units_round_trip_and_known_values():
 def test_unknown_unit_is_named():
     with pytest.raises(ValueError, match="unknown energy unit 'kcal'"):
         units.energy_factor("kcal")
+
+
+def test_top_level_api_is_small_lazy_and_complete():
+    """`import mlsim` loads no torch; every advertised name resolves to the subpackage's object."""
+    code = (
+        "import sys, mlsim; assert 'torch' not in sys.modules, 'import mlsim pulled in torch'; "
+        "names = [n for n in mlsim.__all__ if n != '__version__']; "
+        "[getattr(mlsim, n) for n in names]; print(len(names))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert 8 <= int(out.stdout) <= 16
+    import mlsim.data
+    import mlsim.models
+
+    assert mlsim.read is mlsim.data.read and mlsim.load_model is mlsim.models.load_model
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        mlsim.nonexistent  # noqa: B018

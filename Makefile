@@ -21,7 +21,7 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install
-	$(PY) -m mlsim bench
+	$(PY) -m mlsim bench --benchmarks benchmarks
 
 lint: install
 	$(PY) -m ruff check mlsim tests benchmarks examples

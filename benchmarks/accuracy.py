@@ -7,8 +7,13 @@ benchmarks/results/accuracy.json (and the collected report.md / report.json) and
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from mlsim.cli import main
 
+HERE = Path(__file__).resolve().parent  # this benchmarks folder, whatever the working directory
+
 if __name__ == "__main__":
-    sys.exit(main(["bench", "--only", "accuracy", "--print", *sys.argv[1:]]))
+    sys.exit(
+        main(["bench", "--benchmarks", str(HERE), "--only", "accuracy", "--print", *sys.argv[1:]])
+    )

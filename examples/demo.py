@@ -9,12 +9,14 @@
    ethanol geometries.
 4. 1 ps NVE in ASE (VelocityVerlet) and in OpenMM (VerletIntegrator), 0.5 fs steps: energy drift
    per atom per ps; then 1 ps of OpenMM Langevin MD at 300 K (`mlsim md` machinery).
-5. Steps per second of the raw model (forward + backward), OpenMM and ASE, and an energy plot
-   (demo_output/energy.png).
+5. Steps per second of the raw model (forward + backward), OpenMM and ASE, measured by the MD-speed
+   benchmark (benchmarks/md_speed.py, run as a script), and an energy plot (demo_output/energy.png).
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +27,7 @@ import torch
 
 import mlsim
 from mlsim import _core, units
+from mlsim._fileio import atomic_path
 
 ROOT = Path(__file__).resolve().parents[1]
 ETHANOL = ROOT / "examples" / "ethanol"
@@ -127,8 +130,11 @@ def quick_xtb_model() -> Path:
     return model_path
 
 
-def get_model() -> tuple[torch.nn.Module, str]:
-    """The shipped model, else the xTB-trained stand-in, else (last resort) an untrained PaiNN."""
+def get_model() -> tuple[torch.nn.Module, str, Path | None]:
+    """The shipped model, else the xTB-trained stand-in, else (last resort) an untrained PaiNN.
+
+    Returns (model, description, model file or None).
+    """
     from mlsim.models import PaiNNModel, load_model
 
     if SHIPPED_MODEL.is_file():
@@ -143,27 +149,26 @@ def get_model() -> tuple[torch.nn.Module, str]:
             if "n_train" in training and "force_mae_meV_per_A" in test
             else ""
         )
-        return load_model(
-            SHIPPED_MODEL
-        ), f"shipped DFT model {SHIPPED_MODEL.relative_to(ROOT)}{trained_on}"
+        desc = f"shipped DFT model {SHIPPED_MODEL.relative_to(ROOT)}{trained_on}"
+        return load_model(SHIPPED_MODEL), desc, SHIPPED_MODEL
     print(
         f"NOTE: the shipped model {SHIPPED_MODEL.relative_to(ROOT)} is not available yet (its DFT "
         "data are still being generated); training a small stand-in on GFN2-xTB labels instead."
     )
     try:
         path = quick_xtb_model()
-        return load_model(
-            path
-        ), f"stand-in PaiNN trained here on GFN2-xTB labels ({path.relative_to(ROOT)})"
+        desc = f"stand-in PaiNN trained here on GFN2-xTB labels ({path.relative_to(ROOT)})"
+        return load_model(path), desc, path
     except Exception as exc:  # the demo must still show the engines if training is unavailable
         print(
             f"NOTE: quick training failed ({type(exc).__name__}: {exc}); using an UNTRAINED PaiNN, so"
         )
         print("      the numbers below show engine agreement and speed only, not ethanol physics.")
         torch.manual_seed(0)
-        return torch.jit.script(
+        model = torch.jit.script(
             PaiNNModel([1, 6, 8], cutoff=5.0, features=32, num_interactions=2).eval()
-        ), ("untrained PaiNN (engines only)")
+        )
+        return model, "untrained PaiNN (engines only)", None
 
 
 def agreement(model: torch.nn.Module, frames: list) -> dict[str, tuple[float, float]]:
@@ -268,21 +273,31 @@ def openmm_md(model: torch.nn.Module, atoms0, ensemble: str) -> dict:
     }
 
 
-def speeds(model: torch.nn.Module, atoms) -> dict[str, float]:
-    """Steps per CPU-second of raw model, OpenMM and ASE, interleaved (benchmarks/md_speed.py)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import md_speed
-
-    from mlsim.data import Structure
-
-    s = Structure.from_atoms(atoms)
-    runners = {
-        "raw model fwd+bwd": md_speed.raw_runner(model, s),
-        "OpenMM TorchForce": md_speed.openmm_runner(model, s, "torch", True),
-        "OpenMM PythonForce": md_speed.openmm_runner(model, s, "python", True),
-        "ASE VelocityVerlet": md_speed.ase_runner(model, s),
-    }
-    return {k: v["cpu"] for k, v in md_speed.measure(runners, steps=200, rounds=3).items()}
+def speeds(model_path: Path | None) -> tuple[dict[str, float], str]:
+    """Steps per CPU-second of raw model, OpenMM and ASE on ethanol: the MD-speed benchmark's
+    engines section, run as its own script (benchmarks are not part of the mlsim package)."""
+    out = OUT / "md_speed.json"
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "md_speed.py"),
+        "--engines-only",
+        "--systems", "ethanol",
+        "--steps", "200",
+        "--rounds", "3",
+        "--threads", "1",
+        "--out", str(out),
+        "--no-progress",
+    ]  # fmt: skip
+    if model_path is not None:  # else the benchmark times its own untrained PaiNN
+        cmd += ["--model", str(model_path)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(
+            f"demo failed: benchmarks/md_speed.py exited {res.returncode}\n{res.stderr}"
+        )
+    engines = json.loads(out.read_text())["engines"]
+    methods = engines["systems"]["ethanol"]["methods"]
+    return {k: m["steps_per_s_cpu"] for k, m in methods.items()}, engines["model"]
 
 
 def plot(ase_run: dict, nve: dict, nvt: dict, n_atoms: int, path: Path) -> None:
@@ -306,7 +321,8 @@ def plot(ase_run: dict, nve: dict, nvt: dict, n_atoms: int, path: Path) -> None:
     axes[1].set(xlabel="time (ps)", ylabel="E_pot - min (eV)", title="potential energy")
     axes[1].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path, suffix=".png") as tmp:  # matplotlib picks the format by extension
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 
@@ -315,7 +331,7 @@ def main() -> None:
     torch.set_num_threads(1)  # a fair, reproducible comparison on a shared machine
     smoke()
     OUT.mkdir(exist_ok=True)
-    model, desc = get_model()
+    model, desc, model_path = get_model()
     print(f"model: {desc}")
     test = _geometries("test")
     start = test[0]
@@ -328,7 +344,7 @@ def main() -> None:
     ase_run = ase_nve(model, start)
     nve = openmm_md(model, start, "nve")
     nvt = openmm_md(model, start, "nvt")
-    speed = speeds(model, start)
+    speed, timed = speeds(model_path)
     n = len(start)
     print(
         f"\n1 ps NVE at {DT_FS} fs from 300 K (total energy: linear-fit drift, RMS about the fit):"
@@ -339,15 +355,20 @@ def main() -> None:
     print(
         f"1 ps OpenMM Langevin 300 K: mean T {nvt['temperature'].mean():.0f} K; files in {nvt['dir'].relative_to(ROOT)}"
     )
-    print("\nspeed (steps per CPU-second, 1 thread, interleaved best of 3 x 200 steps):")
-    raw = speed["raw model fwd+bwd"]
+    print(
+        "\nspeed on ethanol (steps per CPU-second, 1 thread, interleaved best of 3 x 200 steps;"
+        f" benchmarks/md_speed.py, {OUT.relative_to(ROOT)}/md_speed.json):"
+    )
+    if model_path is None:
+        print(f"  (timed {timed})")
+    raw = speed["raw model (fwd+bwd)"]
     for name, sps in speed.items():
         extra = (
             ""
             if name.startswith("raw")
             else f"  ({100 * (raw / sps - 1):+.0f}% time per step vs raw)"
         )
-        print(f"  {name:24s} {sps:8.1f}{extra}")
+        print(f"  {name:28s} {sps:8.1f}{extra}")
     print(
         f"  (whole `mlsim md` runs, wall clock on this machine, incl. reporting: NVE {nve['steps_per_s']:.1f}, Langevin {nvt['steps_per_s']:.1f})"
     )

@@ -1,13 +1,27 @@
-"""`mlsim bench`: metric definitions, force-field unit conversion, and the quick end-to-end run."""
+"""`mlsim bench`: metric definitions, force-field unit conversion, and the quick end-to-end run.
+
+The suite lives in benchmarks/suite (not installed); these tests import it from the checkout, as
+the benchmark scripts and `mlsim bench` do.
+"""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mlsim.bench import (
+from mlsim.data import Structure
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
+if str(BENCHMARKS) not in sys.path:
+    sys.path.insert(0, str(BENCHMARKS))
+
+from suite import (  # noqa: E402 (benchmarks/ goes on sys.path first)
     BenchConfig,
     energy_errors,
     force_errors,
@@ -16,7 +30,6 @@ from mlsim.bench import (
     run_bench,
     synthetic_ethanol,
 )
-from mlsim.data import Structure
 
 
 def test_relative_energy_errors_remove_only_the_mean_offset():
@@ -68,9 +81,9 @@ def test_rdkit_forces_are_minus_gradient_in_ev_per_angstrom(kind):
 
 def test_rdkit_energy_is_converted_from_kcal_per_mol():
     from rdkit.Chem import AllChem
+    from suite import rdkit_molecule
 
     from mlsim import units
-    from mlsim.bench import rdkit_molecule
 
     s = synthetic_ethanol(2, seed=5)[1]
     mol = rdkit_molecule(s)
@@ -98,8 +111,7 @@ def test_rdkit_method_rejects_other_molecules():
 def xtb_test_set(tmp_path_factory):
     """Four ethanol geometries labelled with GFN2-xTB, written as extxyz like a real test set."""
     from ase.io import write
-
-    from mlsim.bench import xtb_method
+    from suite import xtb_method
 
     xtb = xtb_method()
     frames = synthetic_ethanol(4, seed=1)
@@ -126,7 +138,7 @@ def tiny_model(tmp_path_factory):
 
 
 def test_missing_model_is_skipped_with_reason(tmp_path):
-    from mlsim.bench import Skipped, mlsim_method
+    from suite import Skipped, mlsim_method
 
     with pytest.raises(Skipped, match="not found"):
         mlsim_method(tmp_path / "nope.pt")
@@ -160,7 +172,9 @@ def test_quick_bench_writes_report_with_all_sections(tmp_path, xtb_test_set, tin
     for heading in (
         "## Accuracy",
         "## Cost per energy+force",
-        "## OpenMM MD speed",
+        "## MD speed",
+        "### OpenMM Langevin MD: Amber14 vs mlsim",
+        "### One model in every engine",
         "## Collected",
     ):
         assert heading in md
@@ -184,13 +198,31 @@ def test_quick_bench_writes_report_with_all_sections(tmp_path, xtb_test_set, tin
     assert cost["xtb"]["ratio_to_baseline"] == pytest.approx(ratio)
     assert cost["mmff94"]["seconds_per_eval"] < cost["xtb"]["seconds_per_eval"]
 
-    md_runs = on_disk["sections"]["openmm_md"]
+    md_speed = on_disk["sections"]["md_speed"]
+    assert md_speed["status"] == "ok", md_speed.get("reason")
+    md_runs = md_speed["alanine"]
     assert md_runs["status"] == "ok", md_runs.get("reason")
     runs = md_runs["runs"]
     assert runs["amber14_flexible"]["steps_per_s"] > 0
     # both mlsim.openmm backends drive the same 22-atom system (a tiny untrained model: speed only)
     assert runs["mlsim_torch"]["status"] == "ok" and runs["mlsim_python"]["status"] == "ok"
     assert runs["mlsim_torch"]["slowdown_vs_amber14_flexible"] > 1
+    # the same JSON holds the engines comparison: one model raw, in OpenMM and in ASE
+    engines = md_speed["engines"]
+    assert engines["status"] == "ok", engines.get("reason")
+    assert engines["model"] == str(tiny_model)
+    ethanol = engines["systems"]["ethanol"]
+    assert ethanol["atoms"] == 9 and "water_box" not in engines["systems"]  # --quick: no box
+    assert set(ethanol["methods"]) == {
+        "raw model (fwd+bwd)",
+        "OpenMM TorchForce (forces)",
+        "OpenMM TorchForce (autograd)",
+        "OpenMM PythonForce",
+        "ASE MLCalculator",
+    }
+    assert all(m["steps_per_s_cpu"] > 0 for m in ethanol["methods"].values())
+    assert ethanol["methods"]["raw model (fwd+bwd)"]["overhead_vs_raw"] == pytest.approx(0.0)
+    assert not (out / "openmm_md.json").exists()  # one MD-speed JSON, not two
     assert "vesin" in md  # collected peer table
     assert "_not run_" in md and "training.json" in md
 
@@ -201,7 +233,7 @@ def test_bench_rejects_unknown_part(tmp_path):
 
 
 def test_charmm36_forces_are_minus_gradient_in_ev_per_angstrom():
-    from mlsim.bench import openmm_forcefield_method
+    from suite import openmm_forcefield_method
 
     s = synthetic_ethanol(2, seed=6)[1]
     method = openmm_forcefield_method(s)
@@ -218,7 +250,7 @@ def test_charmm36_forces_are_minus_gradient_in_ev_per_angstrom():
 
 
 def test_a_broken_part_is_reported_failed_and_the_report_still_written(tmp_path, monkeypatch):
-    from mlsim.bench import _runner
+    from suite import _runner
 
     def broken(cfg):
         raise RuntimeError("back-end exploded")
@@ -236,11 +268,11 @@ def test_a_broken_part_is_reported_failed_and_the_report_still_written(tmp_path,
     assert report["sections"]["cost"]["status"] == "ok"
     md = (tmp_path / "report.md").read_text()
     assert "_failed: RuntimeError: back-end exploded_" in md
-    assert "_not run_ (openmm_md.json missing)" in md
+    assert "_not run_ (md_speed.json missing)" in md
 
 
 def test_peer_json_nested_records_become_tables():
-    from mlsim.bench._report import _generic
+    from suite._report import _generic
 
     doc = {
         "threads": 1,
@@ -294,3 +326,113 @@ def test_cli_report_only_rebuilds_from_json(tmp_path, capsys):
     assert "_not run_ (accuracy.json missing)" in md
     assert main(["bench", "--threads", "0", "--out-dir", str(tmp_path)]) == 1  # clean error
     assert "--threads must be >= 1" in capsys.readouterr().err
+
+
+def test_reference_rows_are_mlsims_labellers_and_calculator(tiny_model):
+    """One implementation of each method: the xTB/DFT rows are mlsim.data labellers (explicit
+    charge and spin), the mlsim row is mlsim.ase.MLCalculator; repeated geometries are recomputed."""
+    from ase.build import molecule
+    from suite import dft_method, mlsim_method, xtb_method
+
+    from mlsim.ase import MLCalculator
+    from mlsim.data import make_labeller
+
+    s = synthetic_ethanol(2, seed=2)[1]
+    xtb = xtb_method()
+    assert xtb.meta["settings"] == {"method": "GFN2-xTB", "charge": 0, "spin": 0}
+    e, f, _ = make_labeller("xtb", charge=0, spin=0)(s)
+    e1, f1 = xtb.evaluate(s)
+    assert e1 == e and np.array_equal(f1, f)
+    assert xtb.evaluate(s)[0] == e  # a repeated geometry (cache reset) gives the same numbers
+    pytest.importorskip("pyscf")
+    dft = dft_method()
+    assert dft.label == "B3LYP/6-31G* DF (pyscf)"
+    assert dft.meta["settings"]["spin"] == 0 and dft.meta["settings"]["density_fit"] is True
+
+    atoms = molecule("CH3CH2OH")
+    calc = MLCalculator(tiny_model)
+    atoms.calc = calc
+    e2, f2 = mlsim_method(tiny_model).evaluate(Structure.from_atoms(atoms))
+    assert e2 == pytest.approx(atoms.get_potential_energy(), abs=1e-10)
+    np.testing.assert_allclose(f2, atoms.get_forces(), atol=1e-10)
+
+
+def test_md_speed_script_writes_one_json(tmp_path, tiny_model):
+    """benchmarks/md_speed.py (what the demo runs) writes the engines section of md_speed.json."""
+    out = tmp_path / "md_speed.json"
+    cmd = [
+        sys.executable,
+        str(BENCHMARKS / "md_speed.py"),
+        "--engines-only",
+        "--systems", "ethanol",
+        "--steps", "5",
+        "--rounds", "1",
+        "--model", str(tiny_model),
+        "--out", str(out),
+        "--no-progress",
+    ]  # fmt: skip
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["name"] == "md_speed" and data["alanine"]["status"] == "skipped"
+    methods = data["engines"]["systems"]["ethanol"]["methods"]
+    assert methods["ASE MLCalculator"]["steps_per_s_cpu"] > 0
+    assert "One model in every engine" in res.stdout
+
+
+def _as_if_installed(monkeypatch, tmp_path):
+    """Pretend mlsim is installed outside any checkout and run from a folder outside one too."""
+    from mlsim.data import _shipped
+
+    fake = tmp_path / "site-packages" / "mlsim" / "data" / "_shipped.py"
+    monkeypatch.setattr(_shipped, "__file__", str(fake))
+    monkeypatch.delenv(_shipped.EXAMPLES_ENV, raising=False)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    monkeypatch.chdir(work)
+
+
+def test_mlsim_bench_outside_a_checkout_says_where_the_benchmarks_live(
+    tmp_path, monkeypatch, capsys
+):
+    from mlsim.cli import main
+
+    _as_if_installed(monkeypatch, tmp_path)
+    assert main(["bench", "--only", "report", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "not installed with mlsim" in err
+    assert "benchmarks/ folder of mlsim's source repository" in err and "--benchmarks" in err
+    # a folder that is not the benchmarks folder is refused by name
+    assert main(["bench", "--benchmarks", str(tmp_path), "--only", "report"]) == 1
+    assert f"{tmp_path} is not mlsim's benchmarks folder" in capsys.readouterr().err
+    # an explicit folder works from anywhere; the defaults are the checkout's, not the cwd's
+    argv = ["bench", "--benchmarks", str(BENCHMARKS), "--only", "report", "--no-progress"]
+    out = tmp_path / "out"
+    assert main([*argv, "--out-dir", str(out)]) == 0
+    assert (out / "report.md").is_file() and not (tmp_path / "elsewhere" / "benchmarks").exists()
+
+
+def test_shipped_examples_are_found_by_marker_or_explicit_root(tmp_path, monkeypatch):
+    from mlsim.data import _shipped, ethanol_path
+
+    here = ethanol_path("val", "xtb")  # the tests run in (or next to) a source checkout
+    assert here == REPO / "examples" / "ethanol" / "ethanol_val_xtb.extxyz.gz"
+    _as_if_installed(monkeypatch, tmp_path)
+    with pytest.raises(FileNotFoundError, match="MLSIM_EXAMPLES"):
+        ethanol_path("val", "xtb")
+    assert ethanol_path("val", "xtb", root=REPO / "examples") == here
+    monkeypatch.setenv(_shipped.EXAMPLES_ENV, str(REPO / "examples"))
+    assert ethanol_path("val", "xtb") == here
+    monkeypatch.setenv(_shipped.EXAMPLES_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="MLSIM_EXAMPLES"):
+        ethanol_path("val", "xtb")
+
+
+def test_installed_package_has_no_benchmark_code():
+    import pkgutil
+
+    import mlsim
+
+    names = {m.name for m in pkgutil.iter_modules(mlsim.__path__)}
+    assert "bench" not in names and "cli" in names
+    assert not any((Path(p) / "bench").exists() for p in mlsim.__path__)

@@ -1,19 +1,34 @@
-"""`mlsim bench`: accuracy vs DFT, cost per evaluation and OpenMM MD speed, written as one report."""
+"""`mlsim bench`: find the benchmark suite of a source checkout and run it (accuracy, cost, MD speed).
+
+The benchmarks are not part of the installed package: they live in benchmarks/ of mlsim's source
+repository. This command only finds that folder (--benchmarks DIR, else the benchmarks/ folder of
+the checkout around the working directory or around the mlsim package, recognised by the marker
+file benchmarks/suite/__init__.py) and hands the options to its suite.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from types import ModuleType
 
 NAME = "bench"
 HELP = "Benchmark the mlsim model against xTB, classical force fields and DFT; write a report."
 
 _PARTS = ("accuracy", "cost", "md")
+MARKER = Path("suite") / "__init__.py"  # inside the benchmarks folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the bench options."""
+    parser.add_argument(
+        "--benchmarks",
+        type=Path,
+        metavar="DIR",
+        help="the benchmarks/ folder of an mlsim source checkout (default: found from the "
+        "working directory or the mlsim package)",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -30,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--test-set", type=Path, help="DFT-labelled test set (default: found in examples/ethanol)"
     )
     parser.add_argument(
-        "--model", type=Path, default=Path("examples/ethanol/model.pt"), help="mlsim model file"
+        "--model",
+        type=Path,
+        help="mlsim model file (default: the checkout's examples/ethanol/model.pt)",
     )
     parser.add_argument(
         "--out-dir",
@@ -40,8 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--peer-dir",
         type=Path,
-        default=Path("benchmarks/results"),
-        help="where the other benchmarks' JSON files are collected from",
+        help="where the other benchmarks' JSON files are collected from (default benchmarks/results)",
     )
     parser.add_argument(
         "--threads", type=int, default=1, help="threads for every method (default 1)"
@@ -56,31 +72,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--print", action="store_true", help="print report.md when done")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the benchmark and print where the report went."""
-    from mlsim.bench import BenchConfig, run_bench
+def find_benchmarks(explicit: Path | None = None) -> Path:
+    """Return the benchmarks folder of a source checkout, or raise FileNotFoundError saying where it lives."""
+    from mlsim.data._shipped import find_in_checkout
 
-    # A smoke run must not overwrite the real report; runs/ is git-ignored.
-    out = args.out_dir or Path("runs/bench/quick" if args.quick else "benchmarks/results")
-    if args.max_structures is not None and args.max_structures < 1:
-        raise ValueError(f"--max-structures must be >= 1, got {args.max_structures}")
-    cfg = BenchConfig(
-        quick=args.quick,
-        only=tuple(args.only),
-        out_dir=out,
-        peer_dir=args.peer_dir,
-        test_set=args.test_set,
-        model=args.model,
-        md_model=args.md_model,
-        threads=args.threads,
-        max_structures=args.max_structures,
-        progress=not args.no_progress,
-    )
-    report = run_bench(cfg)
-    own = ("accuracy", "cost", "openmm_md")  # peers' files are collected, not judged, here
-    failed = [k for k in own if (report["sections"].get(k) or {}).get("status") == "failed"]
-    md = out / "report.md"
-    print(md.read_text() if args.print else md)
-    if failed:
-        print(f"mlsim bench: failed parts: {', '.join(failed)} (see report.md)", file=sys.stderr)
-    return 1 if failed else 0
+    if explicit is not None:
+        if not (explicit / MARKER).is_file():
+            raise FileNotFoundError(
+                f"{explicit} is not mlsim's benchmarks folder (no {MARKER} in it)"
+            )
+        return explicit.resolve()
+    if (Path.cwd() / MARKER).is_file():  # started inside benchmarks/ itself
+        return Path.cwd().resolve()
+    found = find_in_checkout(Path("benchmarks") / MARKER)
+    if found is None:
+        raise FileNotFoundError(
+            "the benchmarks are not installed with mlsim: they live in the benchmarks/ folder of "
+            "mlsim's source repository. Run `mlsim bench` inside a source checkout, or give the "
+            "folder with --benchmarks DIR"
+        )
+    return found.parent.parent
+
+
+def _import_suite(folder: Path) -> ModuleType:
+    """Import the suite package from `folder` (the benchmark scripts import it the same way)."""
+    import importlib
+
+    loaded = sys.modules.get("suite")
+    if loaded is not None:
+        where = Path(loaded.__file__ or "").resolve().parent.parent
+        if where != folder:
+            raise ValueError(f"a benchmark suite from {where} is already loaded, not {folder}")
+    elif str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    return importlib.import_module("suite._cli")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Find the benchmark suite and run it with these options."""
+    return _import_suite(find_benchmarks(args.benchmarks)).run(args)

@@ -1,8 +1,10 @@
 """Energy+force evaluators for every method the benchmark compares, behind one small interface.
 
 Each factory returns a `Method` whose `evaluate(structure)` gives (energy eV, forces eV/A) for one
-molecule. Heavy back-ends (RDKit, tblite, pyscf, the mlsim model) are imported inside the factory,
-so a missing one costs only that method, reported as skipped with the ImportError's text.
+molecule. The reference methods (GFN2-xTB, DFT) are mlsim's labellers and the mlsim row is
+mlsim.ase.MLCalculator: the benchmark measures the library, not a copy of it. Only the classical
+peers (RDKit MMFF94/UFF, OpenMM force fields) are set up here. Heavy back-ends are imported inside
+the factory, so a missing one costs only that method, reported as skipped with the reason.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ __all__ = [
     "Method",
     "Skipped",
     "dft_method",
+    "labeller_method",
     "mlsim_method",
     "openmm_forcefield_method",
     "openmm_system_method",
@@ -178,97 +181,80 @@ def openmm_system_method(system: Any, numbers: np.ndarray, key: str, label: str)
     return Method(key, label, evaluate)
 
 
-# --- GFN2-xTB ------------------------------------------------------------------------------------
-def xtb_method(method: str = "GFN2-xTB") -> Method:
-    """Return GFN2-xTB through tblite's ASE calculator (eV, eV/A already)."""
+# --- reference methods: mlsim's own labellers ------------------------------------------------------
+# The benchmark's xTB and DFT rows are exactly what `mlsim label` computes (mlsim.data's labellers:
+# settings, SCF rescue and unit conversion in one place), so an accuracy row measures the method.
+CHARGE, SPIN = 0, 0  # every benchmark molecule (ethanol, alanine dipeptide) is a neutral singlet
+
+
+def labeller_method(key: str, label: str, labeller: Any) -> Method:
+    """Wrap an mlsim.data labeller (`labeller(s) -> (eV, eV/A, info)`) as a Method."""
+    calc = getattr(labeller, "calc", None)  # AseLabeller: an ASE calculator with a result cache
+
+    def evaluate(s: Structure) -> tuple[float, np.ndarray]:
+        """Label s from scratch (one independent single point, as `mlsim label` does)."""
+        _require_molecule(s)
+        if calc is not None:
+            calc.reset()  # ASE returns cached results for an unchanged geometry: time the work
+        energy, forces, _ = labeller(s)
+        return float(energy), np.asarray(forces, dtype=float)
+
+    return Method(key, label, evaluate, meta={"settings": dict(getattr(labeller, "settings", {}))})
+
+
+def xtb_method(charge: int = CHARGE, spin: int = SPIN) -> Method:
+    """Return GFN2-xTB (tblite) through mlsim's xTB labeller."""
+    from mlsim.data import make_labeller
+
     try:
-        from tblite.ase import TBLite
+        labeller = make_labeller("xtb", charge=charge, spin=spin)
     except ImportError as exc:
         raise Skipped(f"tblite not importable: {exc}") from exc
-
-    calc = TBLite(method=method, verbosity=0)
-
-    def evaluate(s: Structure) -> tuple[float, np.ndarray]:
-        """Run one tblite single point at s's geometry."""
-        _require_molecule(s)
-        atoms = s.to_atoms()
-        calc.reset()  # ASE would return cached results for an unchanged geometry (and time nothing)
-        atoms.calc = calc
-        energy = atoms.get_potential_energy()
-        return float(energy), np.asarray(atoms.get_forces(), dtype=float)
-
-    return Method("xtb", f"{method} (tblite)", evaluate)
+    return labeller_method("xtb", "GFN2-xTB (tblite)", labeller)
 
 
-# --- DFT (pyscf) ---------------------------------------------------------------------------------
-def dft_method(xc: str = "B3LYP", basis: str = "6-31G*", charge: int = 0) -> Method:
-    """Return pyscf RKS/UKS with density fitting: energy Hartree and gradient Hartree/Bohr converted."""
-    import os
+def dft_method(
+    functional: str = "B3LYP",
+    basis: str = "6-31G*",
+    charge: int = CHARGE,
+    spin: int = SPIN,
+    threads: int | None = None,
+) -> Method:
+    """Return pyscf DFT with density fitting through mlsim's DFT labeller (RKS/UKS by `spin`)."""
+    from mlsim.data import make_labeller
 
     try:
-        from pyscf import dft, gto, lib
+        # Lower case, as `mlsim label` passes them: identical settings recorded.
+        labeller = make_labeller(
+            "dft",
+            functional=functional.lower(),
+            basis=basis.lower(),
+            charge=charge,
+            spin=spin,
+            threads=threads,
+        )
     except ImportError as exc:
         raise Skipped(f"pyscf not importable: {exc}") from exc
-    lib.num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))  # same thread count as the rest
-    from ase.data import chemical_symbols
-
-    e_fac = units.energy_factor("hartree")
-    f_fac = units.force_factor("hartree", "bohr")
-
-    def evaluate(s: Structure) -> tuple[float, np.ndarray]:
-        """Run an SCF from the default guess plus analytic gradients (the cost of one label)."""
-        _require_molecule(s)
-        atom = [(chemical_symbols[int(z)], tuple(p)) for z, p in zip(s.numbers, s.positions)]
-        n_elec = int(s.numbers.sum()) - charge
-        mol = gto.M(
-            atom=atom, basis=basis, unit="Angstrom", charge=charge, spin=n_elec % 2, verbose=0
-        )
-        mf = (dft.RKS(mol) if n_elec % 2 == 0 else dft.UKS(mol)).density_fit()
-        mf.xc = xc
-        energy = mf.kernel()
-        if not mf.converged:
-            raise RuntimeError("DFT SCF did not converge")
-        grad = mf.nuc_grad_method().kernel()
-        return float(energy) * e_fac, -np.asarray(grad, dtype=float) * f_fac
-
-    return Method("dft", f"{xc}/{basis} DF (pyscf)", evaluate)
+    return labeller_method("dft", f"{functional}/{basis} DF (pyscf)", labeller)
 
 
 # --- the mlsim model -----------------------------------------------------------------------------
 def mlsim_method(path: str | Path) -> Method:
-    """Return a trained mlsim model (mlsim.models.load_model + compute_properties) as a Method."""
+    """Return a trained mlsim model through mlsim.ase.MLCalculator (what a user runs) as a Method."""
     path = Path(path)
     if not path.exists():
         raise Skipped(f"model file {path} not found (train one with `mlsim train`)")
-    try:
-        import torch
+    from mlsim.ase import MLCalculator
 
-        from mlsim.models import compute_properties, load_model
-    except ImportError as exc:
-        raise Skipped(f"mlsim.models API not available yet: {exc}") from exc
-
-    model = load_model(path)
-    model.eval()
+    calc = MLCalculator(path)
 
     def evaluate(s: Structure) -> tuple[float, np.ndarray]:
         """Evaluate the model on one structure (a batch of one, as in an MD step)."""
         _require_molecule(s)
-        n = len(s)
-        out = compute_properties(
-            model,
-            torch.as_tensor(s.numbers, dtype=torch.long),
-            torch.as_tensor(s.positions, dtype=torch.float64),
-            torch.zeros((1, 3, 3), dtype=torch.float64),  # isolated molecule: no cell
-            torch.zeros((1, 3), dtype=torch.bool),
-            torch.zeros(n, dtype=torch.long),
-            forces=True,
-        )
-        energy = out["energy"]
-        forces = out["forces"]
-        energy = (
-            float(energy.detach().reshape(-1)[0]) if hasattr(energy, "detach") else float(energy)
-        )
-        forces = forces.detach().cpu().numpy() if hasattr(forces, "detach") else np.asarray(forces)
-        return energy, np.asarray(forces, dtype=float).reshape(n, 3)
+        atoms = s.to_atoms()
+        calc.reset()  # no cached result for a repeated geometry: every call is timed work
+        atoms.calc = calc
+        energy = float(atoms.get_potential_energy())
+        return energy, np.asarray(atoms.get_forces(), dtype=float)
 
     return Method("mlsim", f"mlsim model ({path.name})", evaluate, meta={"path": str(path)})

@@ -8,7 +8,6 @@ TorchForce and openmm.PythonForce, both timed.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,12 +15,14 @@ from typing import Any
 import numpy as np
 
 from mlsim import units
-from mlsim.bench._methods import Skipped, xtb_method
 from mlsim.data import Structure
+from suite._methods import CHARGE, SPIN, Skipped
+from suite._paths import shown
 
-__all__ = ["label_frames", "ml_alanine_factory", "ml_systems", "sample_frames"]
+__all__ = ["ml_alanine_factory", "ml_systems", "sample_frames", "train_alanine_model"]
 
 MLSystems = list[tuple[str, str, Any]]  # (key, label, openmm.System)
+XTB_FRAMES = "alanine_xtb_labels.extxyz"  # in the work folder; the cost part times these frames
 
 
 def sample_frames(
@@ -47,16 +48,6 @@ def sample_frames(
     return frames
 
 
-def label_frames(frames: list[Structure], progress: bool = True) -> list[Structure]:
-    """Attach GFN2-xTB energies (eV) and forces (eV/A) to the frames."""
-    from tqdm import tqdm
-
-    xtb = xtb_method()
-    for s in tqdm(frames, desc="xTB labels (alanine)", file=sys.stderr, disable=not progress):
-        s.energy, s.forces = xtb.evaluate(s)
-    return frames
-
-
 def ml_systems(ms: Any, model_path: Path, name: str | None = None) -> MLSystems:
     """Build the alanine dipeptide System once per mlsim.openmm backend, with only the ML force."""
     import openmm
@@ -79,12 +70,17 @@ def ml_systems(ms: Any, model_path: Path, name: str | None = None) -> MLSystems:
 
 
 def ml_alanine_factory(
-    quick: bool, work_dir: Path, model: Path | None = None, progress: bool = True
+    quick: bool,
+    work_dir: Path,
+    model: Path | None = None,
+    progress: bool = True,
+    architecture_of: Path | None = None,
 ) -> Callable[[Any], tuple[MLSystems, dict[str, Any]]]:
     """Return a callable(molecular_system) -> ([(key, label, System)], info) for the MD-speed runs.
 
     With `model` given (an mlsim model.pt covering H, C, N, O) it is used as is; otherwise a small
-    model is trained here on xTB-labelled alanine dipeptide frames (cached in work_dir).
+    model is trained here on xTB-labelled alanine dipeptide frames (cached in work_dir), with the
+    architecture of the model file `architecture_of` (the shipped ethanol model) when it exists.
     """
 
     def make(ms: Any) -> tuple[MLSystems, dict[str, Any]]:
@@ -92,25 +88,26 @@ def ml_alanine_factory(
         if model is not None:
             if not Path(model).exists():
                 raise Skipped(f"MD model {model} not found")
-            path, info = Path(model), {"model": str(model), "trained_here": False}
+            path, info = Path(model), {"model": shown(model), "trained_here": False}
         elif quick:
             raise Skipped("--quick does not train a model (give one with --md-model)")
         else:
-            path, info = train_alanine_model(ms, work_dir, progress=progress)
+            path, info = train_alanine_model(
+                ms, work_dir, progress=progress, architecture_of=architecture_of
+            )
         name = f"mlsim {info['architecture']} (xTB-trained)" if info.get("trained_here") else None
         return ml_systems(ms, path, name), info
 
     return make
 
 
-def _model_spec() -> dict[str, Any]:
+def _model_spec(shipped: Path | None) -> dict[str, Any]:
     """Architecture of the shipped ethanol model when present (so MD cost is representative)."""
     spec: dict[str, Any] = {
         "architecture": "painn",
         "hyperparameters": {"features": 32, "num_interactions": 2, "num_rbf": 16, "cutoff": 5.0},
     }
-    shipped = Path("examples/ethanol/model.pt")
-    if shipped.exists():
+    if shipped is not None and shipped.exists():
         try:
             from mlsim.models import load_metadata
 
@@ -131,6 +128,7 @@ def train_alanine_model(
     budget_min: float = 3.0,
     seed: int = 0,
     progress: bool = True,
+    architecture_of: Path | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Train an mlsim model (mlsim.train) on xTB-labelled alanine dipeptide frames; cached.
 
@@ -140,7 +138,7 @@ def train_alanine_model(
     import json
 
     try:
-        from mlsim.data import read, write
+        from mlsim.data import label, read
         from mlsim.train import TrainConfig, train
     except ImportError as exc:
         raise Skipped(f"mlsim training API (mlsim.train) not available: {exc}") from exc
@@ -149,12 +147,14 @@ def train_alanine_model(
     run_dir = work_dir / "alanine_model"
     model_path = run_dir / "model.pt"
     summary_path = run_dir / "summary.json"
-    data_path = work_dir / "alanine_xtb_frames.extxyz"
-    if not data_path.exists():
-        frames = label_frames(sample_frames(ms, n_frames, seed=seed + 3), progress=progress)
-        write(data_path, frames)  # atomic: an interrupted run keeps its labels
+    data_path = work_dir / XTB_FRAMES
+    if not (model_path.exists() and summary_path.exists() and data_path.exists()):
+        # mlsim's own labelling (GFN2-xTB, explicit charge and spin): resumable, so an
+        # interrupted run keeps its labels; a complete file is left as it is.
+        frames = sample_frames(ms, n_frames, seed=seed + 3)
+        label(frames, data_path, "xtb", charge=CHARGE, spin=SPIN, progress=progress)
     n = len(read(data_path))
-    spec = _model_spec()
+    spec = _model_spec(architecture_of)
     if not (model_path.exists() and summary_path.exists()):
         cfg = TrainConfig(
             data=str(data_path.resolve()),
@@ -185,7 +185,7 @@ def train_alanine_model(
     else:
         summary, reused = json.loads(summary_path.read_text()), True
     info = {
-        "model": str(model_path),
+        "model": shown(model_path),
         "trained_here": True,
         "reused": reused,
         "architecture": spec["architecture"],

@@ -1,4 +1,9 @@
-"""`mlsim bench`: run accuracy, cost and MD-speed parts side by side, then collect one report."""
+"""`mlsim bench`: run accuracy, cost and MD-speed parts side by side, then collect one report.
+
+Paths default to this source checkout (the benchmarks folder holding this package and the
+repository around it), not to the working directory, so the report lands in benchmarks/results
+from wherever `mlsim bench` is started.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +17,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mlsim._fileio import write_json as _write_json
 from mlsim._fileio import write_text
-from mlsim.bench._methods import (
+from mlsim.data import Structure
+from suite._methods import (
+    CHARGE,
+    SPIN,
     Method,
     Skipped,
     dft_method,
@@ -27,14 +35,27 @@ from mlsim.bench._methods import (
     rdkit_method,
     xtb_method,
 )
-from mlsim.data import Structure
+from suite._paths import BENCHMARKS, EXAMPLES, QUICK_DIR, RESULTS, WORK, shown
 
-__all__ = ["PARTS", "BenchConfig", "find_test_set", "run_bench", "write_json"]
+if TYPE_CHECKING:
+    from suite._md import MDSpeedConfig
+
+__all__ = [
+    "BENCHMARKS",
+    "PARTS",
+    "QUICK_DIR",
+    "RESULTS",
+    "BenchConfig",
+    "find_test_set",
+    "md_config",
+    "run_bench",
+    "run_part",
+    "write_json",
+]
 
 PARTS = ("accuracy", "cost", "md")
 # File each part writes in the results folder.
-PART_FILES = {"accuracy": "accuracy", "cost": "cost", "md": "openmm_md"}
-EXAMPLES = Path("examples/ethanol")
+PART_FILES = {"accuracy": "accuracy", "cost": "cost", "md": "md_speed"}
 _DATA_SUFFIXES = {".xyz", ".extxyz", ".npz", ".h5", ".hdf5", ".traj", ".db"}
 
 
@@ -44,13 +65,15 @@ class BenchConfig:
 
     quick: bool = False
     only: tuple[str, ...] = PARTS
-    out_dir: Path = Path("benchmarks/results")
-    peer_dir: Path = Path("benchmarks/results")
+    out_dir: Path = RESULTS
+    peer_dir: Path = RESULTS
     test_set: Path | None = None
     model: Path = EXAMPLES / "model.pt"
     md_model: Path | None = None  # alanine dipeptide model for the MD part; None: train one
-    work_dir: Path = Path("runs/bench")  # scratch (training data, trained MD model); git-ignored
+    work_dir: Path = WORK
     threads: int = 1
+    charge: int = CHARGE  # of the test-set molecule, for the xTB and DFT rows (never guessed)
+    spin: int = SPIN
     max_structures: int | None = None
     progress: bool = True
     env: dict[str, Any] = field(default_factory=dict)
@@ -104,15 +127,21 @@ def _set_threads(threads: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)  # tblite (OpenMP), read when its runtime starts
     import torch
 
-    torch.set_num_threads(threads)  # pyscf reads OMP_NUM_THREADS when dft_method imports it
+    torch.set_num_threads(threads)  # pyscf: the DFT labeller is given `threads` itself
+
+
+DEFAULT_TEST_SET = "ethanol_test_dft.extxyz.gz"  # examples/ethanol/README.md: 300 held-out
 
 
 def find_test_set(root: Path = EXAMPLES) -> Path | None:
     """Return the held-out DFT-labelled ethanol test set under examples/ethanol, if it exists.
 
-    Prefers `*test*dft*` (the data engineer's naming); unlabelled `*geometries*` files and the
-    xTB-labelled copy are never the reference.
+    The shipped held-out set (ethanol_test_dft) first: other test sets sit next to it (e.g. the
+    hot active-learning set) and must not take its place by sorting first. Otherwise prefers
+    `*test*dft*`; unlabelled `*geometries*` files and the xTB-labelled copy are never the reference.
     """
+    if (root / DEFAULT_TEST_SET).is_file():
+        return root / DEFAULT_TEST_SET
     if not root.is_dir():
         return None
     cands = [
@@ -143,7 +172,7 @@ def _read_growing(path: Path) -> list[Structure]:
     A read can catch a frame half-written (a torn gzip member); one retry a moment later sees
     the completed file.
     """
-    from mlsim.bench._accuracy import load_structures
+    from suite._accuracy import load_structures
 
     try:
         return load_structures(path)
@@ -154,13 +183,13 @@ def _read_growing(path: Path) -> list[Structure]:
         return load_structures(path)
 
 
-def _structures(cfg: BenchConfig) -> tuple[list[Structure], str, str]:
-    """Return (labelled structures, reference label, source) for accuracy and cost.
+def _structures(cfg: BenchConfig) -> tuple[list[Structure], str, Path | None]:
+    """Return (labelled structures, reference label, file or None) for accuracy and cost.
 
     Falls back to a synthetic xTB-labelled ethanol set in --quick mode (a smoke run must not need
     the DFT set); a full run without the DFT set raises Skipped for the accuracy part.
     """
-    from mlsim.bench._accuracy import synthetic_ethanol
+    from suite._accuracy import synthetic_ethanol
 
     path = cfg.test_set or find_test_set()
     limit = cfg.max_structures or (6 if cfg.quick else None)
@@ -171,22 +200,22 @@ def _structures(cfg: BenchConfig) -> tuple[list[Structure], str, str]:
             if cfg.test_set is not None:  # the user named this file: their error to see
                 raise
             raise Skipped(f"found {path} but cannot use it: {exc}") from exc
-        return structures, _reference_label(structures[0]), str(path)
+        return structures, _reference_label(structures[0]), Path(path)
     if not cfg.quick:
         raise Skipped(
             f"held-out DFT test set not found under {EXAMPLES} (give one with --test-set)"
         )
-    xtb = xtb_method()
+    xtb = xtb_method(cfg.charge, cfg.spin)
     structures = []
     for s in synthetic_ethanol(limit or 6, seed=0):
         s.energy, s.forces = xtb.evaluate(s)
         structures.append(s)
-    return structures, "GFN2-xTB (synthetic smoke set; DFT test set not found)", "synthetic"
+    return structures, "GFN2-xTB (synthetic smoke set; DFT test set not found)", None
 
 
 def _rdkit_template(structures: list[Structure]) -> Structure:
     """Return the first structure whose bonds RDKit can perceive (heavily distorted frames may fail)."""
-    from mlsim.bench._methods import rdkit_molecule
+    from suite._methods import rdkit_molecule
 
     last: Exception | None = None
     for s in structures[:20]:
@@ -214,11 +243,11 @@ def _factories(cfg: BenchConfig, structures: list[Structure], with_dft: bool) ->
         """DFT timing is skipped in --quick."""
         if not with_dft:
             raise Skipped("skipped in --quick (one DFT energy+gradient takes seconds)")
-        return dft_method()
+        return dft_method(charge=cfg.charge, spin=cfg.spin, threads=cfg.threads)
 
     return {
         "mlsim": lambda: mlsim_method(cfg.model),
-        "xtb": xtb_method,
+        "xtb": lambda: xtb_method(cfg.charge, cfg.spin),
         "mmff94": rdkit("MMFF94"),
         "uff": rdkit("UFF"),
         "charmm36": lambda: openmm_forcefield_method(_rdkit_template(structures)),
@@ -241,33 +270,36 @@ def _gaff() -> Method:
 
 def _part_accuracy(cfg: BenchConfig) -> dict[str, Any]:
     """Accuracy vs the reference labels for every method (DFT is the reference, not a contestant)."""
-    from mlsim.bench._accuracy import run_accuracy
+    from suite._accuracy import run_accuracy
 
     structures, reference, source = _structures(cfg)
     factories = _factories(cfg, structures, with_dft=False)
     factories.pop("dft")  # DFT made the labels
     sec = run_accuracy(structures, reference, factories, cfg.out_dir, progress=cfg.progress)
-    sec["test_set"] = source
-    sec["xtb_crosscheck"] = _xtb_crosscheck(structures, Path(source))
+    sec["test_set"] = "synthetic" if source is None else shown(source)
+    sec["xtb_crosscheck"] = None if source is None else _xtb_crosscheck(cfg, structures, source)
     return sec
 
 
-def _xtb_crosscheck(structures: list[Structure], source: Path) -> dict[str, Any] | None:
-    """Compare our tblite GFN2-xTB with the data set's stored xTB labels on the same geometries.
+def _xtb_crosscheck(
+    cfg: BenchConfig, structures: list[Structure], source: Path
+) -> dict[str, Any] | None:
+    """Recompute the data set's stored xTB labels (its `*xtb*` sibling) on the same geometries.
 
-    Two independent pipelines (mlsim label vs this benchmark) agreeing to numerical precision shows
-    the xTB row measures GFN2-xTB itself, not a settings or unit mismatch.
+    The xTB row is mlsim's labeller; reproducing the shipped labels to numerical precision shows
+    the stored file is current (same tblite, same settings, same units) and the row measures
+    GFN2-xTB itself.
     """
     sibling = source.with_name(source.name.replace("dft", "xtb"))
     if sibling == source or not sibling.exists():
         return None
-    from mlsim.bench._accuracy import load_structures
+    from suite._accuracy import load_structures
 
     try:
         stored = {int(s.info["label_index"]): s for s in load_structures(sibling)}
     except (ValueError, KeyError, ImportError):
         return None
-    xtb = xtb_method()
+    xtb = xtb_method(cfg.charge, cfg.spin)
     df, de, n = 0.0, [], 0
     for s in structures[:10]:
         ref = stored.get(int(s.info.get("label_index", -1)))
@@ -280,7 +312,7 @@ def _xtb_crosscheck(structures: list[Structure], source: Path) -> dict[str, Any]
     if n == 0:
         return None
     return {
-        "file": str(sibling),
+        "file": shown(sibling),
         "n": n,
         "max_force_diff_ev_per_a": df,
         "energy_diff_spread_ev": float(np.ptp(de)),
@@ -289,14 +321,14 @@ def _xtb_crosscheck(structures: list[Structure], source: Path) -> dict[str, Any]
 
 def _geometries_only() -> tuple[list[Structure], str]:
     """Unlabelled ethanol geometries for timing: the test-set geometry file, else synthetic ones."""
-    from mlsim.bench._accuracy import synthetic_ethanol
+    from suite._accuracy import synthetic_ethanol
 
     path = EXAMPLES / "ethanol_test_geometries.extxyz.gz"
     if path.exists():
         try:
             from mlsim.data import read
 
-            return [read(path)[i] for i in range(3)], str(path)
+            return [read(path)[i] for i in range(3)], shown(path)
         except (ImportError, ValueError, IndexError):
             pass
     return synthetic_ethanol(3, seed=0), "synthetic ethanol geometries"
@@ -322,7 +354,7 @@ def _cost_model_factory(cfg: BenchConfig) -> Callable[[], Method]:
                 raise missing
             m = mlsim_method(stand_in)
             m.label = "mlsim model (MD part's weights, same architecture; cost only)"
-            m.notes = f"{cfg.model} not found; timed {stand_in} instead"
+            m.notes = f"{shown(cfg.model)} not found; timed {shown(stand_in)} instead"
             return m
 
     return make
@@ -330,10 +362,11 @@ def _cost_model_factory(cfg: BenchConfig) -> Callable[[], Method]:
 
 def _part_cost(cfg: BenchConfig) -> dict[str, Any]:
     """Seconds per energy+force call per method, DFT included on 2 structures (full run only)."""
-    from mlsim.bench._cost import run_cost
+    from suite._cost import run_cost
 
     try:
-        structures, _, source = _structures(cfg)
+        structures, _, path = _structures(cfg)
+        source = "synthetic" if path is None else shown(path)
     except Skipped:  # timing needs geometries only, not DFT labels
         structures, source = _geometries_only()
     factories = _factories(cfg, structures, with_dft=not cfg.quick)
@@ -356,28 +389,29 @@ def _alanine_cost(cfg: BenchConfig) -> dict[str, Any]:
 
     Uses the MD part's model (trained on this molecule); DFT is left out here (minutes per call).
     """
-    from mlsim.bench._cost import run_cost
-    from mlsim.bench._methods import openmm_system_method
+    from suite._cost import run_cost
+    from suite._methods import openmm_system_method
+    from suite._mlmd import XTB_FRAMES
 
     model = cfg.md_model or cfg.work_dir / "alanine_model" / "model.pt"
     if cfg.quick or not Path(model).exists():
         why = "--quick" if cfg.quick else f"no alanine model at {model} (run the md part first)"
         return {"status": "skipped", "reason": why}
     try:
-        from mlsim.systems import alanine_dipeptide
+        from mlsim.testsystems import alanine_dipeptide
     except ImportError as exc:
-        return {"status": "skipped", "reason": f"mlsim.systems not available: {exc}"}
+        return {"status": "skipped", "reason": f"mlsim.testsystems not available: {exc}"}
     ms = alanine_dipeptide(solvent="vacuum", constraints=None)
-    numbers = np.array([a.element.atomic_number for a in ms.topology.atoms()])
-    s0 = Structure(numbers=numbers, positions=ms.positions_nm * 10.0)  # nm -> A
+    numbers = ms.numbers
+    s0 = Structure(numbers=numbers, positions=ms.positions)  # Angstrom
     factories = {
         "mlsim": lambda: mlsim_method(model),
-        "xtb": xtb_method,
+        "xtb": xtb_method,  # alanine dipeptide: neutral singlet (the defaults)
         "mmff94": lambda: rdkit_method("MMFF94", s0),
         "amber14": lambda: openmm_system_method(ms.system, numbers, "amber14", "Amber14 (OpenMM)"),
     }
     frames = [s0]
-    sampled = cfg.work_dir / "alanine_xtb_frames.extxyz"
+    sampled = cfg.work_dir / XTB_FRAMES
     if sampled.exists():  # three MD geometries rather than one minimum
         from mlsim.data import read
 
@@ -386,25 +420,65 @@ def _alanine_cost(cfg: BenchConfig) -> dict[str, Any]:
     return {"status": "ok", **sec}
 
 
-def _part_md(cfg: BenchConfig) -> dict[str, Any]:
-    """Amber14 vs mlsim TorchForce MD speed on alanine dipeptide."""
-    from mlsim.bench._md import run_openmm_md
-    from mlsim.bench._mlmd import ml_alanine_factory
+def md_config(cfg: BenchConfig) -> MDSpeedConfig:
+    """The MD-speed benchmark's settings for this run (--quick: tiny, no training, no water box)."""
+    from suite._md import MDSpeedConfig
+    from suite._mlmd import ml_alanine_factory
 
-    return run_openmm_md(
-        ml_alanine_factory(cfg.quick, cfg.work_dir, cfg.md_model, cfg.progress),
+    return MDSpeedConfig(
+        model=cfg.model,
+        ml_alanine=ml_alanine_factory(
+            cfg.quick, cfg.work_dir, cfg.md_model, cfg.progress, architecture_of=cfg.model
+        ),
         threads=cfg.threads,
         min_seconds=0.2 if cfg.quick else 5.0,
+        rounds=1 if cfg.quick else 3,
+        systems={"ethanol": 20} if cfg.quick else {"ethanol": 200, "water_box": 5},
         progress=cfg.progress,
     )
+
+
+def _part_md(cfg: BenchConfig) -> dict[str, Any]:
+    """MD speed: Amber14 vs mlsim on alanine dipeptide in OpenMM, and the model in every engine."""
+    from suite._md import run_md_speed
+
+    return run_md_speed(md_config(cfg))
 
 
 _PART_FUNCS = {"accuracy": _part_accuracy, "cost": _part_cost, "md": _part_md}
 
 
+def run_part(
+    part: str, cfg: BenchConfig, func: Callable[[BenchConfig], dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Run one part (its own function, or `func`) and return its JSON section with status and env.
+
+    A broken back-end is recorded as failed, with the reason, and does not stop the caller.
+    """
+    _log(cfg, f"{part} ...")
+    t0 = time.perf_counter()
+    try:
+        sec = {"status": "ok", **(func or _PART_FUNCS[part])(cfg)}
+    except Skipped as exc:
+        sec = {"status": "skipped", "reason": str(exc)}
+    except (ValueError, FileNotFoundError):
+        raise  # bad user input (a named file, an option): one clean error line from the CLI
+    except Exception as exc:  # a broken back-end must not lose the other parts' results
+        traceback.print_exc(file=sys.stderr)
+        sec = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500]}
+    sec.update(
+        name=PART_FILES[part],
+        quick=cfg.quick,
+        elapsed_s=time.perf_counter() - t0,
+        env=_environment(cfg.threads),
+    )
+    _log(cfg, f"{part}: {sec['status']} in {sec['elapsed_s']:.1f} s")
+    return sec
+
+
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Run the selected parts, write their JSON, then write report.md and report.json; return the report."""
-    from mlsim.bench._report import PEER_BENCHMARKS, collect_peer, render_markdown
+    from suite._report import PEER_BENCHMARKS, collect_peer, render_markdown
 
     unknown = set(cfg.only) - set(PARTS) - {"report"}  # "report" alone: only re-collect
     if unknown:
@@ -417,24 +491,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     _set_threads(cfg.threads)
     env = _environment(cfg.threads)
     for part in ("accuracy", "md", "cost"):  # md first: cost may time the model md trained
-        if part not in cfg.only:
-            continue
-        _log(cfg, f"{part} ...")
-        t0 = time.perf_counter()
-        try:
-            sec = {"status": "ok", **_PART_FUNCS[part](cfg)}
-        except Skipped as exc:
-            sec = {"status": "skipped", "reason": str(exc)}
-        except (ValueError, FileNotFoundError):
-            raise  # bad user input (a named file, an option): one clean error line from the CLI
-        except Exception as exc:  # a broken back-end must not lose the other parts' results
-            traceback.print_exc(file=sys.stderr)
-            sec = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500]}
-        sec.update(
-            name=PART_FILES[part], quick=cfg.quick, elapsed_s=time.perf_counter() - t0, env=env
-        )
-        write_json(cfg.out_dir / f"{PART_FILES[part]}.json", sec)
-        _log(cfg, f"{part}: {sec['status']} in {sec['elapsed_s']:.1f} s")
+        if part in cfg.only:
+            write_json(cfg.out_dir / f"{PART_FILES[part]}.json", run_part(part, cfg))
     # The report is rebuilt from whatever JSON files exist, so `--only cost` keeps older accuracy.
     sections: dict[str, Any] = {}
     for part in PARTS:

@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 
 from mlsim import units
-from mlsim.bench._methods import Method, Skipped
-from mlsim.bench._metrics import energy_errors, force_errors
+from mlsim._fileio import atomic_path
 from mlsim.data import Structure
+from suite._methods import Method, Skipped
+from suite._metrics import energy_errors, force_errors
 
 __all__ = ["load_structures", "parity_plot", "run_accuracy", "synthetic_ethanol"]
 
@@ -100,10 +101,9 @@ def parity_plot(
         ax.set_aspect("equal", adjustable="datalim")
     fig.suptitle(f"{label} vs {reference}", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path, suffix=".png") as tmp:  # matplotlib picks the format by extension
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def run_accuracy(

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from mlsim.bench._methods import Method, Skipped
 from mlsim.data import Structure
+from suite._methods import Method, Skipped
 
 __all__ = ["run_cost", "time_method"]
 

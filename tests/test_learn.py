@@ -225,3 +225,14 @@ def test_reference_that_cannot_do_an_element_fails_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=r"cannot treat \['U'\]"):
         learn(load_learn_config(path), progress=False)
     assert not (tmp_path / "run" / "iter_000").exists()
+
+
+def test_reference_may_choose_where_labels_run():
+    from mlsim.learn._reference import labeller_options
+
+    method, options = labeller_options(
+        {"method": "dft", "basis": "6-31g*", "executor": "dask", "workers": 4, "threads": 2}
+    )
+    assert method == "dft" and options["executor"] == "dask" and options["workers"] == 4
+    with pytest.raises(ValueError, match=r"\['basis'\] do not apply"):
+        labeller_options({"method": EMT, "basis": "sto-3g", "workers": 2})

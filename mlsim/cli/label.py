@@ -40,7 +40,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--spin", type=int, default=0, help="2S = unpaired electrons (default 0 -> RKS; >0 -> UKS)"
     )
     parser.add_argument(
-        "--threads", type=int, help="threads for pyscf (default: pyscf's own choice)"
+        "--threads",
+        type=int,
+        help="threads per worker for pyscf, tblite and BLAS (OMP_NUM_THREADS etc.; default: one "
+        "worker takes the libraries' own choice, N workers share the cores)",
+    )
+    where = parser.add_argument_group("where labelling runs")
+    where.add_argument(
+        "--executor",
+        choices=("local", "dask"),
+        help="local: worker processes on this machine (default); dask: a Dask cluster "
+        "(--scheduler ADDRESS, or a LocalCluster of --workers processes)",
+    )
+    where.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes: local default 1 (in this process), LocalCluster default "
+        "cores / threads; not with --scheduler (the cluster has its own)",
+    )
+    where.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="Dask scheduler of a running cluster, e.g. tcp://10.0.0.5:8786 (implies --executor dask)",
+    )
+    where.add_argument(
+        "--scheduler-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds to connect to --scheduler before giving up (default 10)",
+    )
+    where.add_argument(
+        "--memory-limit",
+        metavar="SIZE",
+        help="per worker process, e.g. 4GB: a structure needing more goes to the failed file",
+    )
+    where.add_argument(
+        "--chunk-size",
+        type=int,
+        metavar="N",
+        help="structures per task (default: 1 at first, then about 0.5 s of work, at most 64)",
     )
     parser.add_argument(
         "--limit",
@@ -64,6 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Label the input; already-labelled structures in --out are kept and skipped."""
     from mlsim.data import label, read
+    from mlsim.data._executors import ExecutorError
 
     options: dict[str, object] = {}
     if args.method in ("dft", "xtb"):
@@ -73,22 +114,34 @@ def run(args: argparse.Namespace) -> int:
             "functional": args.functional,
             "basis": args.basis,
             "density_fit": not args.no_density_fit,
-            "threads": args.threads,
         }
+    if args.threads is not None:
+        options["threads"] = args.threads
     if args.limit is not None and args.limit < 0:
         raise ValueError("--limit must be >= 0")
     inputs = read(args.input, energy_unit=args.energy_unit, length_unit=args.length_unit)
-    summary = label(
-        inputs,
-        args.out,
-        args.method,
-        failed=args.failed,
-        limit=args.limit,
-        retry_failed=args.retry_failed,
-        shuffle=args.shuffle,
-        progress=not args.no_progress,
-        **options,
-    )
+    try:
+        summary = label(
+            inputs,
+            args.out,
+            args.method,
+            failed=args.failed,
+            limit=args.limit,
+            retry_failed=args.retry_failed,
+            shuffle=args.shuffle,
+            progress=not args.no_progress,
+            executor=args.executor,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            scheduler_timeout=args.scheduler_timeout,
+            memory_limit=args.memory_limit,
+            chunk_size=args.chunk_size,
+            **options,
+        )
+    except ExecutorError as exc:
+        # Cluster unreachable or lost: one line; what was labelled is kept for the rerun.
+        print(f"mlsim label: error: {exc}", file=sys.stderr)
+        return 1
     print(
         f"{summary.out}: {summary.n_labelled} labelled now, {summary.n_failed} failed now, "
         f"{summary.n_already} done before, of {summary.n_inputs}"

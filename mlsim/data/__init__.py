@@ -17,6 +17,7 @@ from mlsim.data._backends import (
     make_labeller,
 )
 from mlsim.data._dataset import Dataset
+from mlsim.data._executors import ExecutorError
 from mlsim.data._io import read, write
 from mlsim.data._label import LabelSummary, label
 from mlsim.data._sample import sample, sample_trajectory
@@ -27,6 +28,7 @@ from mlsim.data._validate import validate_structure
 __all__ = [
     "AseLabeller",
     "Dataset",
+    "ExecutorError",
     "LabelFailure",
     "LabelSummary",
     "PySCFLabeller",

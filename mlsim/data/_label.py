@@ -7,10 +7,16 @@ existing records belong to this input and were made with the same settings, only
 torn last frame a kill may have left, and labels only what is missing. Any other damage, or a file
 that is not mlsim label output, is refused and left byte for byte as it is. Structures whose SCF
 fails go to a separate failed file with the reason, are reported, and are not retried unless asked.
+
+The labelling itself runs in this process (the default), in worker processes on this machine
+(`workers=N`) or on a Dask cluster (`executor="dask"`, see mlsim.data._executors); results come
+back in any order and only this process writes OUT and the failed file, so the output holds the
+same frames with the same labels whatever runs them, and resuming works the same.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sys
@@ -22,11 +28,32 @@ import numpy as np
 
 from mlsim.data._backends import LabelFailure, Labeller, make_labeller
 from mlsim.data._dataset import Dataset
+from mlsim.data._executors import (
+    DaskExecutor,
+    ExecutorError,
+    LabelExecutor,
+    LabellerSpec,
+    LocalExecutor,
+    SerialExecutor,
+    default_threads,
+    parse_memory,
+)
 from mlsim.data._extxyz import cut_torn_tail, read_own_frames
 from mlsim.data._io import append_frames, format_of, read, read_frames_repairing
 from mlsim.data._structure import Structure
 
-__all__ = ["LabelSummary", "default_failed_path", "label"]
+__all__ = ["EXECUTORS", "EXECUTOR_OPTIONS", "LabelSummary", "default_failed_path", "label"]
+
+EXECUTORS = ("local", "dask")
+# label() keyword arguments that choose where labelling runs (not part of the method settings).
+EXECUTOR_OPTIONS = (
+    "executor",
+    "workers",
+    "scheduler",
+    "memory_limit",
+    "chunk_size",
+    "scheduler_timeout",
+)
 
 INDEX_KEY = "label_index"
 # Keys a previous labelling left in an input's info: stale for this run's labels, so dropped.
@@ -128,6 +155,100 @@ def _check_existing(
     return done
 
 
+def _record(src: Structure, index: int) -> Structure:
+    """The record to label for input `index`: its geometry and info, without stale label keys."""
+    info = {k: v for k, v in src.info.items() if k not in _LABEL_KEYS}
+    info[INDEX_KEY] = index
+    return Structure(
+        numbers=src.numbers, positions=src.positions, cell=src.cell, pbc=src.pbc, info=info
+    )
+
+
+def _positive_int(name: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _executor(
+    method: str | Labeller,
+    labeller: Labeller,
+    method_options: dict[str, object],
+    *,
+    executor: str | None,
+    workers: int | None,
+    scheduler: str | None,
+    memory_limit: int | str | None,
+    chunk_size: int | None,
+    scheduler_timeout: float,
+) -> LabelExecutor:
+    """Check the executor options and return the (not yet started) executor they describe."""
+    kind = executor if executor is not None else ("dask" if scheduler else "local")
+    if kind not in EXECUTORS:
+        raise ValueError(f"unknown executor {kind!r}: use {' or '.join(EXECUTORS)}")
+    workers = _positive_int("workers", workers)
+    chunk_size = _positive_int("chunk_size", chunk_size)
+    threads = _positive_int("threads", method_options.get("threads"))
+    memory = parse_memory(memory_limit)
+    if not scheduler_timeout > 0:
+        raise ValueError(f"scheduler_timeout must be > 0 seconds, got {scheduler_timeout!r}")
+    if scheduler and kind != "dask":
+        raise ValueError(f"a scheduler address ({scheduler}) needs the dask executor")
+    if scheduler and (workers is not None or memory is not None):
+        raise ValueError(
+            f"workers and memory_limit are set by the cluster at {scheduler}, not here (they "
+            "apply to the local executor and to a LocalCluster started without an address)"
+        )
+    if kind == "local" and (workers or 1) == 1 and memory is None:
+        return SerialExecutor(labeller, threads)
+    if not scheduler:
+        # Workers on this machine share its cores: a LocalCluster gets cores / threads workers
+        # by default, and without a thread count the cores are divided among the workers.
+        if workers is None:
+            workers = 1 if kind == "local" else default_threads(threads or 1)
+        threads = threads or default_threads(workers)
+    if isinstance(method, str):
+        target: str | Labeller = method
+        options = dict(method_options)
+        if threads is not None:
+            options["threads"] = threads
+    else:
+        target, options = labeller, {}
+        _check_picklable(labeller, cloud=kind == "dask")
+    spec = LabellerSpec(target, options, threads=threads, memory_bytes=memory)
+    if kind == "local":
+        return LocalExecutor(spec, workers or 1, memory_bytes=memory, chunk_size=chunk_size)
+    return DaskExecutor(
+        spec,
+        scheduler=scheduler,
+        workers=workers,
+        memory_bytes=memory,
+        chunk_size=chunk_size,
+        timeout=scheduler_timeout,
+    )
+
+
+def _check_picklable(labeller: Labeller, cloud: bool) -> None:
+    """A Labeller object is sent to the workers as it is: say so now if it cannot travel."""
+    import pickle
+
+    dumps = pickle.dumps
+    if cloud:  # Dask falls back to cloudpickle, which also takes lambdas and local classes
+        try:
+            from cloudpickle import dumps
+        except ImportError:
+            return  # no dask either: starting the executor says so
+    try:
+        dumps(labeller)
+    except Exception as exc:
+        raise ValueError(
+            f"the labeller {labeller.name!r} cannot be sent to worker processes ({exc}); pass "
+            "the method as a string (dft, xtb, module:Class) with its options instead"
+        ) from exc
+
+
 def _compact(path: Path) -> None:
     """Rewrite a finished one-gzip-member-per-frame file as one stream (about half the size)."""
     from mlsim.data._io import write
@@ -145,6 +266,12 @@ def label(
     retry_failed: bool = False,
     shuffle: int | None = None,
     progress: bool = True,
+    executor: str | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    memory_limit: int | str | None = None,
+    chunk_size: int | None = None,
+    scheduler_timeout: float = 10.0,
     **method_options: object,
 ) -> LabelSummary:
     """Label every input structure with `method` into OUT (.extxyz or .extxyz.gz), resuming a previous run.
@@ -157,6 +284,17 @@ def label(
     Resuming needs the same settings (method, charge, spin, functional, basis, density_fit: what
     the labeller records); an existing OUT or failed file that is damaged (other than a torn last
     frame, which is cut off) or not this run's is refused and left untouched.
+
+    Where it runs: `executor="local"` (default) with `workers=1` labels in this process;
+    `workers=N` in N worker processes. `executor="dask"` uses the cluster at `scheduler` (an
+    address such as tcp://node:8786; `scheduler_timeout` seconds to connect), or without one a
+    dask.distributed LocalCluster of `workers` processes. `threads` (a method option) is per
+    worker: OMP/MKL/OpenBLAS and pyscf threads; by default the cores divided among the workers.
+    `memory_limit` ('4GB', bytes) is per worker process. `chunk_size` structures form one task
+    (by default one at first, then as many as take about half a second).
+    A worker that dies loses only its chunk, which is labelled again; a structure that kills its
+    worker repeatedly goes to the failed file. Losing the scheduler raises ExecutorError and
+    keeps what was written; call again to resume.
     """
     out = Path(out)
     if format_of(out) != "extxyz":
@@ -178,6 +316,18 @@ def label(
     wanted = [int(i) for i in order[:n]]
     labeller = make_labeller(method, **method_options) if isinstance(method, str) else method
     settings = _settings_of(labeller)
+    # Checked before any file is touched; a cluster is only contacted when there is work.
+    run_on = _executor(
+        method,
+        labeller,
+        method_options,
+        executor=executor,
+        workers=workers,
+        scheduler=scheduler,
+        memory_limit=memory_limit,
+        chunk_size=chunk_size,
+        scheduler_timeout=scheduler_timeout,
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     created = not out.exists()
     # Hold an exclusive lock on OUT for the whole run: two writers would label structures twice.
@@ -231,34 +381,50 @@ def label(
                 unit="struct",
                 file=sys.stderr,
             )
-        for i in todo:
-            src = ds[i]
-            info = {k: v for k, v in src.info.items() if k not in _LABEL_KEYS}
-            info[INDEX_KEY] = i
-            rec = Structure(
-                numbers=src.numbers,
-                positions=src.positions,
-                cell=src.cell,
-                pbc=src.pbc,
-                info=info,
-            )
-            try:
-                energy, forces, extra = labeller(rec)
-            except LabelFailure as exc:
-                rec.info.update({**settings, "label_error": str(exc)})
-                append_frames(failed, [rec])
-                n_bad += 1
-                print(f"structure {i}: {exc} -> {failed}", file=sys.stderr)
-            else:
-                rec.energy, rec.forces = energy, forces
-                rec.info.update({**settings, **extra})
-                append_frames(out, [rec])
-                n_ok += 1
+        records = {i: _record(ds[i], i) for i in todo}
+        started = False
+        try:
+            with contextlib.ExitStack() as stack:
+                if todo:
+                    stack.enter_context(run_on)
+                    started = True
+                for i, outcome in run_on.map([(i, records[i]) for i in todo]) if todo else ():
+                    rec = records.pop(i, None)
+                    if rec is None:  # an executor bug, but never a structure written twice
+                        continue
+                    if isinstance(outcome, LabelFailure):
+                        rec.info.update({**settings, "label_error": str(outcome)})
+                        append_frames(failed, [rec])
+                        n_bad += 1
+                        print(f"structure {i}: {outcome} -> {failed}", file=sys.stderr)
+                    else:
+                        energy, forces, extra = outcome
+                        extra = dict(extra)
+                        stress = extra.pop("stress", None)  # a label, not info (periodic only)
+                        rec.energy, rec.forces = energy, forces
+                        if stress is not None:
+                            rec.stress = np.asarray(stress, dtype=float).reshape(3, 3)
+                        rec.info.update({**settings, **extra})
+                        append_frames(out, [rec])
+                        n_ok += 1
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(
+                            failed=len(failed_before) + n_bad if not retry_failed else n_bad
+                        )
+        except BaseException as exc:
+            if created and out.stat().st_size == 0:
+                out.unlink()  # e.g. no cluster reached: leave no empty output behind
+            if isinstance(exc, ExecutorError) and started:
+                raise ExecutorError(
+                    f"{exc}; the {n_ok} labelled and {n_bad} failed structures of this run are "
+                    f"written to {out} and {failed}, {len(records)} are left: run the same "
+                    "command again to resume"
+                ) from exc
+            raise
+        finally:
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix(failed=len(failed_before) + n_bad if not retry_failed else n_bad)
-        if bar is not None:
-            bar.close()
+                bar.close()
         if n == len(ds) and str(out).lower().endswith(".gz") and todo:
             _compact(out)
     finally:

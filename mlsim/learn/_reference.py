@@ -12,12 +12,19 @@ _DFT_KEYS = ("functional", "basis", "density_fit", "charge", "spin", "threads")
 
 
 def labeller_options(reference: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """Split a reference mapping into (method, options for mlsim.data.label)."""
+    """Split a reference mapping into (method, options for mlsim.data.label).
+
+    Besides the method's own settings, the executor options of mlsim.data.label (executor,
+    workers, scheduler, ...) say where the labels are computed, e.g. on a Dask cluster.
+    """
+    from mlsim.data._label import EXECUTOR_OPTIONS
+
     ref = dict(reference)
     method = str(ref.pop("method"))
-    allowed = _DFT_KEYS if method == "dft" else ("charge", "spin")
+    allowed = _DFT_KEYS if method == "dft" else ("charge", "spin", "threads")
     if ":" in method:
-        allowed = ()
+        allowed = ("threads",)
+    allowed = (*allowed, *EXECUTOR_OPTIONS)
     unknown = sorted(set(ref) - set(allowed))
     if unknown:
         raise ValueError(f"reference: options {unknown} do not apply to method {method!r}")

@@ -1,6 +1,7 @@
 # Decide whether the CUDA kernels are built. Sets MLSIM_WITH_CUDA and, when ON, the interface
-# target mlsim_cuda_deps. The CUDA compiler must match torch's CUDA major version: kernels built
-# by nvcc 13 against a CUDA 12 torch load but fail at launch, which is worse than not building them.
+# target mlsim_cuda_deps and MLSIM_CUDART_LIB_DIR (the CUDA runtime's folder, or empty). The CUDA
+# compiler must match torch's CUDA major version: kernels built by nvcc 13 against a CUDA 12 torch
+# load but fail at launch, which is worse than not building them.
 set(MLSIM_WITH_CUDA OFF)
 # Developer escape hatch: compile-check the .cu files with whatever nvcc exists (the result is not
 # expected to run against torch's CUDA runtime); never set it for a build that is used.
@@ -61,7 +62,9 @@ if(MLSIM_WITH_CUDA)
       "import os, nvidia.cuda_runtime as m; print(list(m.__path__)[0])"
     OUTPUT_VARIABLE _cudart_dir OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
   add_library(mlsim_cuda_deps INTERFACE)
+  set(MLSIM_CUDART_LIB_DIR "")
   if(_cudart_dir)
+    set(MLSIM_CUDART_LIB_DIR "${_cudart_dir}/lib")
     target_include_directories(mlsim_cuda_deps SYSTEM INTERFACE "${_cudart_dir}/include")
     file(GLOB _cudart_lib "${_cudart_dir}/lib/libcudart.so*")
     list(GET _cudart_lib 0 _cudart_lib)

@@ -1,5 +1,6 @@
-// Python entry point of the compiled core: mlsim._core.
-// Each kernel file exposes a `bind_*` function; the algorithms themselves know nothing of Python.
+// Python entry point of the compiled core: mlsim._core (NumPy only; the torch ops live in the
+// separate libmlsim_torch.so). Each kernel file exposes a `bind_*` function; the algorithms
+// themselves know nothing of Python.
 #include <pybind11/pybind11.h>
 
 #include "bindings.hpp"

@@ -1,12 +1,15 @@
 // TorchScript ops torch.ops.mlsim.neighbor_list / neighbor_list_batch (CPU kernels here, CUDA
 // kernels in neighbors_cuda.cu). Outputs are int64 index tensors without gradient; models build
 // R[j] - R[i] + shifts.to(R.dtype) @ cell in torch so that gradients flow through positions/cell.
+// Compiled into libmlsim_torch.so, which links libtorch only: no Python header or symbol may be
+// used here, so that C++ hosts (OpenMM with openmm-torch) can load the library.
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
-#include <torch/torch.h>
 
 #include <sys/mman.h>
 
+#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <string>

@@ -1,22 +1,64 @@
-"""Neighbor lists: O(N) cell list in C++ (mlsim._core), for NumPy arrays and torch tensors.
+"""Neighbor lists: O(N) cell list in C++, for NumPy arrays (mlsim._core) and torch tensors.
 
 Pairs follow ASE's ``neighbor_list('ijS')`` convention: the pair vector is
 ``positions[j] - positions[i] + shifts @ cell`` and is shorter than ``cutoff``.
 
-The torch ops ``torch.ops.mlsim.neighbor_list`` and ``torch.ops.mlsim.neighbor_list_batch`` are
-registered when this module is imported and can be called from ``torch.jit.script`` code. They
-return integer tensors only; build the distance vectors in torch
+The torch ops ``torch.ops.mlsim.neighbor_list`` and ``torch.ops.mlsim.neighbor_list_batch`` live
+in their own library, ``libmlsim_torch.so`` (:func:`ops_library_path`), which links libtorch and
+nothing of Python; importing this module loads it. They can be called from ``torch.jit.script``
+code and return integer tensors only; build the distance vectors in torch
 (``R[j] - R[i] + shifts.to(R.dtype) @ cell``) so that gradients flow to positions and cell.
+
+A TorchScript file that calls the ops (a periodic OpenMM export, see ``mlsim export``) loads in a
+host without mlsim once the library is loaded there: ``torch.ops.load_library(path)`` in Python,
+``dlopen(path, RTLD_NOW)`` in a C++ program before ``torch::jit::load`` or ``TorchForce``, or
+``LD_PRELOAD=path`` for a program that cannot be changed. The host must use the libtorch the
+library was built against (the one in mlsim's environment).
 """
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
-import torch  # noqa: F401  (must be imported before mlsim._core, which links against it)
+import torch
 
 from mlsim import _core
 
-__all__ = ["neighbor_list", "neighbor_list_batch_torch", "neighbor_list_torch"]
+__all__ = ["neighbor_list", "neighbor_list_batch_torch", "neighbor_list_torch", "ops_library_path"]
+
+
+def ops_library_path() -> str:
+    """Absolute path of libmlsim_torch.so, the library that registers mlsim's TorchScript ops."""
+    # Installed next to mlsim._core (also in editable installs, where the package's Python files
+    # stay in the source tree but the compiled files do not).
+    name = "libmlsim_torch.dylib" if sys.platform == "darwin" else "libmlsim_torch.so"
+    return os.path.join(os.path.dirname(os.path.abspath(_core.__file__)), name)
+
+
+def _load_ops() -> None:
+    """Register torch.ops.mlsim.* by loading the op library (once; a host may have done it)."""
+    try:
+        torch.ops.mlsim.neighbor_list  # noqa: B018 - raises AttributeError while not registered
+        return
+    except (AttributeError, RuntimeError):
+        pass
+    path = ops_library_path()
+    if not os.path.isfile(path):
+        raise ImportError(
+            f"mlsim's TorchScript op library is missing ({path}); rebuild mlsim with `make install`"
+        )
+    try:
+        torch.ops.load_library(path)
+    except OSError as exc:  # e.g. built against another torch than the one imported
+        raise ImportError(
+            f"cannot load mlsim's TorchScript op library {path} into torch {torch.__version__}: "
+            f"{exc}; rebuild mlsim with `make install`"
+        ) from exc
+
+
+_load_ops()
 
 
 def _as_pbc(pbc: bool | np.ndarray | list[bool] | tuple[bool, ...]) -> tuple[bool, bool, bool]:

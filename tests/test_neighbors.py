@@ -399,3 +399,25 @@ def test_large_cutoffs_that_fit_are_not_refused():
     pos = np.random.default_rng(1).uniform(0, 3, (7, 3))
     i, j, s = neighbor_list(pos, 1e12)
     assert len(i) == 7 * 6 and not s.any()
+
+
+def test_numpy_core_and_op_library_are_separate():
+    """mlsim._core (NumPy) works in a process where torch cannot be imported, and the torch ops
+    come from the op library that mlsim.neighbors.ops_library_path names."""
+    import subprocess
+    import sys
+
+    from mlsim.neighbors import ops_library_path
+
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # any import of torch now raises ImportError
+        "import numpy as np\n"
+        "from mlsim import _core\n"
+        "i, j, s = _core.neighbor_list(np.array([[0.0, 0, 0], [1.0, 0, 0]]), 1.5, None, "
+        "(False, False, False), True, 1)\n"
+        "print(sorted(zip(i.tolist(), j.tolist())))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[(0, 1), (1, 0)]"
+    assert ops_library_path() in torch.ops.loaded_libraries

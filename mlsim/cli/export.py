@@ -1,4 +1,8 @@
-"""`mlsim export`: write the TorchScript file that openmm-torch's TorchForce loads for one system."""
+"""`mlsim export`: write the TorchScript file that openmm-torch's TorchForce loads for one system.
+
+A molecule's file needs no mlsim where it runs; a periodic system's file calls mlsim's
+neighbor-list op, and the output says which library the host must load and how.
+"""
 
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mlsim.data import Structure
     from mlsim.openmm import export_torchforce
+    from mlsim.openmm._forces import uses_mlsim_ops
 
     if not args.structure.is_file():
         raise FileNotFoundError(f"structure file not found: {args.structure}")
@@ -64,5 +69,14 @@ def run(args: argparse.Namespace) -> int:
         print("  force.setOutputsForces(True)")
     if structure.periodic:
         print("  force.setUsesPeriodicBoundaryConditions(True)")
-    print("  (in a C++-only process, load mlsim's op library first if the model uses it)")
+    if not uses_mlsim_ops(out):
+        print("  needs no mlsim: any Python or C++ program with openmm-torch can load it")
+        return 0
+    from mlsim.neighbors import ops_library_path
+
+    lib = ops_library_path()
+    print(f"  it calls mlsim's neighbor-list op: load {lib} in the host first")
+    print(f"    Python (before TorchForce): torch.ops.load_library({lib!r})")
+    print(f'    C++ (before TorchForce): dlopen("{lib}", RTLD_NOW), or run with LD_PRELOAD={lib}')
+    print("    (the host must use the libtorch that mlsim was built against)")
     return 0

@@ -2,9 +2,10 @@
 
 Molecules of modest size take a pure-torch all-pairs path inside each structure: for ethanol-sized
 inputs it beats any cell-list launch, and it is exactly differentiable. Periodic cells and large
-structures go through mlsim's compiled neighbor-list op. The op gives integer image shifts; the
-pair vector R[j] - R[i] + shift @ cell is formed here in torch so that forces (d/dR) and stress
-(d/dcell) flow through autograd.
+structures go through mlsim's compiled neighbor-list op (in libmlsim_torch.so, which importing
+mlsim.neighbors loads; TorchScript files that reach it need that library in their host). The op
+gives integer image shifts; the pair vector R[j] - R[i] + shift @ cell is formed here in torch so
+that forces (d/dR) and stress (d/dcell) flow through autograd.
 """
 
 import torch
@@ -19,7 +20,7 @@ __all__ = [
     "pairs_within",
 ]
 
-try:  # the op is compiled into mlsim._core and registered by importing mlsim.neighbors
+try:  # the op lives in libmlsim_torch.so, which importing mlsim.neighbors loads
     import mlsim.neighbors  # noqa: F401
 
     HAVE_NEIGHBOR_OP = hasattr(torch.ops.mlsim, "neighbor_list")
@@ -49,9 +50,11 @@ def _all_pairs(positions: Tensor, batch: Tensor, num_structures: int) -> tuple[T
 
 HAVE_BATCH_OP = HAVE_NEIGHBOR_OP and hasattr(torch.ops.mlsim, "neighbor_list_batch")
 
+# The name of the function that calls the op is part of TorchScript's "Unknown builtin op:
+# mlsim::neighbor_list_batch" error in a host that has not loaded the op library, so it names it.
 if HAVE_BATCH_OP:
 
-    def _batch_op(
+    def _batch_op_in_libmlsim_torch(
         pos: Tensor, cell: Tensor, pbc: Tensor, ptr: Tensor, cutoff: float
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Half pair list of a whole batch from the compiled batched op (global indices)."""
@@ -59,7 +62,7 @@ if HAVE_BATCH_OP:
 
 else:
 
-    def _batch_op(
+    def _batch_op_in_libmlsim_torch(
         pos: Tensor, cell: Tensor, pbc: Tensor, ptr: Tensor, cutoff: float
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Placeholder (never called) while the batched op is not compiled in."""
@@ -74,7 +77,7 @@ if HAVE_NEIGHBOR_OP:
         """Half pair list of one structure from the compiled op (indices local to the structure)."""
         return torch.ops.mlsim.neighbor_list(positions.detach(), cell.detach(), pbc, cutoff, False)
 
-else:  # pragma: no cover - only while mlsim._core is not built
+else:  # pragma: no cover - only while the op library is not built
 
     def _op_pairs(
         positions: Tensor, cell: Tensor, pbc: Tensor, cutoff: float
@@ -82,7 +85,8 @@ else:  # pragma: no cover - only while mlsim._core is not built
         """Stand-in that explains why periodic or large inputs cannot be handled."""
         raise RuntimeError(
             "periodic cells and structures with more atoms than the all-pairs limit need mlsim's "
-            "compiled neighbor list (torch.ops.mlsim.neighbor_list); build it with `make install`"
+            "compiled neighbor list (torch.ops.mlsim.neighbor_list in libmlsim_torch.so), which "
+            "could not be loaded: `import mlsim.neighbors` says why; build it with `make install`"
         )
 
 
@@ -94,7 +98,7 @@ if HAVE_BATCH_OP:
         """Half pair list of all structures (global indices) in one call of the batched op."""
         zero = torch.zeros(1, dtype=torch.long, device=pos.device)
         ptr = torch.cat([zero, torch.cumsum(counts, 0)])
-        return _batch_op(pos, cell, pbc, ptr, cutoff)
+        return _batch_op_in_libmlsim_torch(pos, cell, pbc, ptr, cutoff)
 
 else:
 

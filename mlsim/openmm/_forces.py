@@ -3,6 +3,10 @@
 TorchForce runs a TorchScript file inside OpenMM's C++ (deployable without Python). PythonForce
 calls the model in-process, so it needs no TorchScript at all: it keeps working once
 `torch.jit.script` is gone, and it accepts eager models straight out of training.
+
+A file written by `export_torchforce` for a molecule calls no mlsim op: `openmmtorch.TorchForce`
+loads it in any process, Python or C++, that has openmm-torch. A periodic one calls mlsim's
+neighbor-list op; its host loads `mlsim.neighbors.ops_library_path()` first (`uses_mlsim_ops`).
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import logging
 import os
 import re
 import sys
+import warnings
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +25,13 @@ import numpy as np
 import torch
 
 from mlsim._fileio import atomic_path
-from mlsim.openmm._module import OpenMMEnergy, OpenMMEnergyForces, resolve_model
+from mlsim.openmm._module import (
+    OpenMMEnergy,
+    OpenMMEnergyForces,
+    model_dtype,
+    pairs_only,
+    resolve_model,
+)
 
 __all__ = [
     "BACKENDS",
@@ -28,6 +40,7 @@ __all__ = [
     "create_force",
     "export_torchforce",
     "import_openmmtorch",
+    "uses_mlsim_ops",
 ]
 
 BACKENDS = ("python", "torch")
@@ -91,11 +104,108 @@ def export_torchforce(
 
     forward(positions nm[, boxvectors nm]) -> energy kJ/mol (and forces kJ/mol/nm when
     outputs_forces; then call TorchForce.setOutputsForces(True)). The atomic numbers are baked in.
+    Non-periodic files call no mlsim op when `model` is a model file or an eager model (a
+    TorchScript model object carries its own neighbor search, which does); periodic files need
+    mlsim's op library in the host, see `uses_mlsim_ops`.
     """
-    scripted = _scripted_module(
-        resolve_model(model), numbers, periodic, atoms, outputs_forces, dtype
+    resolved = resolve_model(model)
+    cls = OpenMMEnergyForces if outputs_forces else OpenMMEnergy
+    module = cls(resolved, numbers, atoms=atoms, periodic=periodic, dtype=dtype).eval()
+    why = ""
+    if module.use_all_pairs:
+        op_free, why = _without_forward(module.model, model, numbers)
+        if op_free is not None:
+            module.model = op_free
+    out = _save(torch.jit.script(module), path)
+    if module.use_all_pairs and uses_mlsim_ops(out):
+        warnings.warn(
+            f"{out} calls mlsim's neighbor-list op although the system is not periodic ({why}); "
+            "its host must load mlsim.neighbors.ops_library_path() first",
+            stacklevel=2,
+        )
+    return out
+
+
+def uses_mlsim_ops(path: str | os.PathLike) -> bool:
+    """Whether a TorchScript file calls torch.ops.mlsim.* (then its host must load the op library).
+
+    torch resolves every op of every method in the file when it loads it, so such a file fails
+    with 'Unknown builtin op: mlsim::...' in a process that has not loaded
+    `mlsim.neighbors.ops_library_path()` (torch.ops.load_library in Python; dlopen or LD_PRELOAD
+    in a C++ host).
+    """
+    with zipfile.ZipFile(path) as archive:
+        return any(
+            "/code/" in name and name.endswith(".py") and b"ops.mlsim." in archive.read(name)
+            for name in archive.namelist()
+        )
+
+
+def _without_forward(
+    model: torch.nn.Module, source: torch.nn.Module | str | os.PathLike, numbers: Sequence[int]
+) -> tuple[torch.nn.Module | None, str]:
+    """`pairs_only` copy of `model` (its scripted form has no mlsim op), or None and why not.
+
+    A TorchScript model cannot drop its compiled forward, so one read from a file is rebuilt from
+    the file's spec and weights, and used only if it gives the archive's energy and forces.
+    """
+    if isinstance(model, torch.jit.ScriptModule):
+        if not isinstance(source, (str, os.PathLike)):
+            return None, "the model was given as a TorchScript object; pass its file instead"
+        eager, why = _rebuild(source, model, numbers)
+        if eager is None:
+            return None, why
+        return pairs_only(eager), ""
+    return pairs_only(model), ""
+
+
+def _rebuild(
+    path: str | os.PathLike, scripted: torch.nn.Module, numbers: Sequence[int]
+) -> tuple[torch.nn.Module | None, str]:
+    """The eager model of a model file and "", or None and why it cannot match the archive."""
+    from mlsim.models import build_model, load_metadata
+
+    dtype = model_dtype(scripted)
+    try:
+        eager = build_model(load_metadata(path)["spec"]).to(dtype).eval()
+        eager.load_state_dict(scripted.state_dict())
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        # A file from another mlsim version or a plug-in architecture that is not installed.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return None, f"{path} cannot be rebuilt from its spec: {first[:200]}"
+    # The archive's compiled code is the model; a rebuild by this mlsim must agree with it (code
+    # may change between versions). Compared on a jittered grid of the system's atoms.
+    n = len(numbers)
+    side = 1
+    while side**3 < n:
+        side += 1
+    idx = torch.arange(n)
+    grid = torch.stack([idx // (side * side), (idx // side) % side, idx % side], 1)
+    jitter = torch.rand(n, 3, generator=torch.Generator().manual_seed(0)) - 0.5
+    args = (
+        torch.tensor([int(z) for z in numbers]),
+        (1.3 * grid + 0.3 * jitter).to(dtype),
+        torch.zeros(1, 3, 3, dtype=dtype),
+        torch.zeros(1, 3, dtype=torch.bool),
+        torch.zeros(n, dtype=torch.long),
     )
-    return _save(scripted, path)
+    results = []
+    for m in (scripted, eager):
+        pos = args[1].clone().requires_grad_(True)
+        e = m(args[0], pos, *args[2:]).sum()
+        results.append((e.detach(), torch.autograd.grad(e, pos)[0]))
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    (e_ref, f_ref), (e_new, f_new) = results
+    scale = float(f_ref.abs().max()) + 1.0
+    if not (
+        torch.allclose(e_new, e_ref, rtol=tol, atol=tol)
+        and torch.allclose(f_new, f_ref, rtol=tol, atol=tol * scale)
+    ):
+        return None, (
+            f"the model rebuilt from the spec of {path} differs from the archive's code (energy "
+            f"{float(e_new)} vs {float(e_ref)} eV on a test geometry), so the archive is exported"
+        )
+    return eager, ""
 
 
 def _scripted_module(

@@ -39,6 +39,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     smp.add_argument(
         "--calc", default="xtb", help="xtb (default) or package.module:CalculatorClass"
     )
+    smp.add_argument(
+        "--engine",
+        choices=["ase", "openmm"],
+        default="ase",
+        help="ase: MD with --calc, frames keep its energy/forces (default); openmm: classical "
+        "pre-sampling with --forcefield, unlabelled frames to label afterwards",
+    )
+    smp.add_argument(
+        "--forcefield",
+        nargs="+",
+        default=None,
+        help="--engine openmm: OpenMM force field files, e.g. amber14/tip3pfb.xml",
+    )
+    smp.add_argument(
+        "--rigid-water",
+        action="store_true",
+        help="--engine openmm: rigid water (default: flexible, the force field's bond/angle terms)",
+    )
+    smp.add_argument(
+        "--pressure",
+        type=float,
+        default=None,
+        help="--engine openmm: Monte Carlo barostat at this pressure, bar (default: NVT)",
+    )
+    smp.add_argument(
+        "--cutoff",
+        type=float,
+        default=9.0,
+        help="--engine openmm: PME direct-space cutoff, Angstrom (default 9)",
+    )
     smp.add_argument("--temperatures", type=float, nargs="+", required=True, help="kelvin")
     smp.add_argument("--frames", type=int, required=True, help="frames kept per temperature")
     smp.add_argument("--every", type=int, default=80, help="MD steps between kept frames (80)")
@@ -143,19 +173,44 @@ def _sample(args: argparse.Namespace) -> int:
     from mlsim.data import read, sample, write
     from mlsim.data._backends import make_calculator
 
-    start = read(args.start, energy_unit=args.energy_unit, length_unit=args.length_unit)[0]
-    calc, _ = make_calculator(args.calc, charge=args.charge)
-    ds = sample(
-        start,
-        calc,
-        args.temperatures,
-        args.frames,
+    common = dict(
         every=args.every,
         timestep_fs=args.timestep,
         friction_per_fs=args.friction,
         equilibration_fs=args.equilibration,
         seed=args.seed,
     )
+    if args.engine == "openmm":
+        if not args.forcefield:
+            raise ValueError("--engine openmm needs --forcefield, e.g. amber14/tip3pfb.xml")
+        start = (
+            args.start
+            if args.start.suffix.lower() == ".pdb"
+            else read(args.start, energy_unit=args.energy_unit, length_unit=args.length_unit)[0]
+        )
+        ds = sample(
+            start,
+            None,
+            args.temperatures,
+            args.frames,
+            engine="openmm",
+            forcefield=args.forcefield,
+            rigid_water=args.rigid_water,
+            pressure_bar=args.pressure,
+            cutoff=args.cutoff,
+            **common,
+        )
+        write(args.out, ds)
+        print(
+            f"wrote {len(ds)} unlabelled structures to {args.out} (sampled with "
+            f"{ds[0].info['md_forcefield']}); label them with `mlsim label`"
+        )
+        return 0
+    if args.forcefield or args.pressure is not None or args.rigid_water:
+        raise ValueError("--forcefield, --pressure and --rigid-water need --engine openmm")
+    start = read(args.start, energy_unit=args.energy_unit, length_unit=args.length_unit)[0]
+    calc, _ = make_calculator(args.calc, charge=args.charge)
+    ds = sample(start, calc, args.temperatures, args.frames, **common)
     write(args.out, ds)
     print(f"wrote {len(ds)} structures to {args.out} (labelled by {ds[0].info['method']})")
     return 0

@@ -28,6 +28,9 @@ class LabelFailure(RuntimeError):
 class Labeller(Protocol):
     """A reference method: `labeller(structure) -> (energy eV, forces eV/A, extra info)`.
 
+    For periodic structures the extra info may hold "stress": the (3, 3) stress tensor in
+    eV/A^3, ASE's sign convention (positive = tensile), which becomes the Structure's stress label.
+
     An optional `settings` dict (method name, charge, spin, functional, basis, density_fit: what
     applies) is stored with every label, and a resumed run must use the same; without it the name
     alone is checked.
@@ -144,22 +147,30 @@ class AseLabeller:
         self.settings: dict[str, Any] = {"method": self.name, **(settings or {})}
 
     def __call__(self, s: Structure) -> tuple[float, np.ndarray, dict[str, Any]]:
-        """Evaluate energy and forces (and stress when periodic and available)."""
+        """Evaluate energy and forces, and the stress (info["stress"], eV/A^3) when fully periodic
+        and the calculator implements it (tblite xTB, EMT, most DFT codes)."""
         from ase.calculators.calculator import CalculationFailed
 
         atoms = s.to_atoms()
         atoms.info.clear()
         atoms.calc = self.calc
         t0 = time.perf_counter()
+        stress = None
         try:
             energy = float(atoms.get_potential_energy())
             forces = np.array(atoms.get_forces(), dtype=float)
+            if s.pbc.all() and "stress" in getattr(self.calc, "implemented_properties", ()):
+                stress = np.array(atoms.get_stress(voigt=False), dtype=float)
         except CalculationFailed as exc:
             raise LabelFailure(str(exc)) from exc
         info: dict[str, Any] = {
             "method": self.name,
             "label_seconds": round(time.perf_counter() - t0, 4),
         }
+        if stress is not None:
+            if not np.isfinite(stress).all():
+                raise LabelFailure(f"{self.name} returned a non-finite stress")
+            info["stress"] = stress
         return energy, forces, info
 
 

@@ -6,6 +6,8 @@ point. `create_system` does the same without openmm-ml, `export_torchforce` writ
 file that `openmmtorch.TorchForce` loads in a pure C++ deployment, and `run_md` drives a Langevin
 simulation with reporters, checkpoints and blow-up detection (the `mlsim md` command);
 `UncertaintyReporter` logs a committee's spread in any OpenMM script and stops above a threshold.
+`build_mlmm_system` solvates a ligand (GAFF2/AM1-BCC from AmberTools) alone or in a protein and
+makes it ML (mechanical embedding); `run_mlmm` equilibrates and runs it.
 """
 
 from mlsim.openmm._forces import (
@@ -16,16 +18,29 @@ from mlsim.openmm._forces import (
     export_torchforce,
     import_openmmtorch,
 )
-from mlsim.openmm._md import MDResult, SimulationBlowUp, run_md
+from mlsim.openmm._gaff import (
+    AmberToolsError,
+    GaffTemplate,
+    Ligand,
+    ambertools_available,
+    parameterize_ligand,
+    read_ligand,
+)
+from mlsim.openmm._md import MDResult, SimulationBlowUp, reference_energy, run_md
+from mlsim.openmm._mlmm import MLMMSystem, build_mlmm_system, equilibrate, run_mlmm
 from mlsim.openmm._module import OpenMMEnergy, OpenMMEnergyForces, check_elements
 from mlsim.openmm._openmmml import MLSimPotentialImplFactory
 from mlsim.openmm._system import create_system, topology_from_structure
 from mlsim.openmm._uncertainty import UncertaintyExceeded, UncertaintyReporter
 
 __all__ = [
+    "AmberToolsError",
     "BACKENDS",
     "DEFAULT_BACKEND",
+    "GaffTemplate",
+    "Ligand",
     "MDResult",
+    "MLMMSystem",
     "MLSimPotentialImplFactory",
     "ModelCallback",
     "OpenMMEnergy",
@@ -33,11 +48,18 @@ __all__ = [
     "SimulationBlowUp",
     "UncertaintyExceeded",
     "UncertaintyReporter",
+    "ambertools_available",
+    "build_mlmm_system",
     "check_elements",
     "create_force",
     "create_system",
+    "equilibrate",
     "export_torchforce",
     "import_openmmtorch",
+    "parameterize_ligand",
+    "read_ligand",
+    "reference_energy",
     "run_md",
+    "run_mlmm",
     "topology_from_structure",
 ]

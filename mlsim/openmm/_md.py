@@ -16,6 +16,13 @@ at any time and resumed has every frame and row exactly once.
 
 Every run folder has `<trajectory>.json` with the time step, the frame spacing and the units of
 each file (mlsim analyze reads the frame spacing from it).
+
+Energies in state.csv are relative to the model's per-element self energies (the sum over the ML
+atoms, recorded as reference_energy_eV in `<trajectory>.json`): an ML model's absolute energy is
+dominated by those constants (ethanol: about -400,000 kJ/mol), which hide every change a reader
+looks for. The model's absolute potential energy stays in its own column. ensemble "npt" adds a
+Monte Carlo barostat (periodic systems; the box and density go to state.csv). run_md also runs a
+prebuilt System (ML/MM from mlsim.openmm.build_mlmm_system) given with its Topology.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from mlsim.data import Structure
 from mlsim.openmm._forces import DEFAULT_BACKEND
 from mlsim.openmm._system import create_system, topology_from_structure
 
-__all__ = ["MDResult", "SimulationBlowUp", "metadata_path", "run_md"]
+__all__ = ["MDResult", "SimulationBlowUp", "metadata_path", "reference_energy", "run_md"]
 
 # A force above this (eV/A) on any atom means the model left its training domain for good:
 # chemical forces stay below ~20 eV/A even for strained geometries.
@@ -48,7 +55,14 @@ DEFAULT_MAX_FORCE = 100.0
 # NVE: |E_total - E_total(start)| above this (eV/atom) is a failed integration, not drift. A good
 # model at 0.5 fs drifts ~1e-4 eV/atom/ps; 0.2 eV/atom is the kinetic energy of ~1500 K.
 DEFAULT_NVE_ENERGY_DRIFT = 0.2
-_CSV_UNITS = "Step: steps; Time: ps; energies: kJ/mol; Temperature: K; Speed: ns/day"
+_CSV_UNITS = (
+    "Step: steps; Time: ps; energies: kJ/mol, Potential and Total relative to the model's "
+    "per-element self energies (reference_energy_eV here), Absolute Potential Energy as the "
+    "model and force field give it; Temperature: K; Box Volume: nm^3; Density: g/mL; "
+    "Speed: ns/day"
+)
+ABSOLUTE_COLUMN = "Absolute Potential Energy (kJ/mole)"
+DEFAULT_BAROSTAT_INTERVAL = 25  # steps between Monte Carlo volume moves (OpenMM's default)
 
 
 @dataclass
@@ -319,8 +333,100 @@ def _trim_csv(path: Path, last_step: int) -> int:
     return rows
 
 
+def reference_energy(model: torch.nn.Module | None, numbers: Any) -> float:
+    """Sum of the model's per-element self energies (eV) over atoms `numbers`; 0 without any.
+
+    The model's energy of isolated atoms: what state.csv's relative energies are measured from.
+    Read from the model's `self_energy` buffers (an ensemble: the mean over its members).
+    """
+    if model is None:
+        return 0.0
+    elements = [int(z) for z in getattr(model, "elements", [])]
+    found = [
+        b.detach().double().cpu().numpy()
+        for name, b in model.named_buffers()
+        if name.split(".")[-1] == "self_energy" and b.numel() == len(elements)
+    ]
+    if not elements or not found:
+        return 0.0
+    per_element = dict(zip(elements, np.mean(found, axis=0).tolist(), strict=True))
+    return float(sum(per_element.get(int(z), 0.0) for z in np.asarray(numbers).reshape(-1)))
+
+
+def _state_reporter(path: Path, interval: int, offset_kj: float, npt: bool, append: bool) -> Any:
+    """OpenMM's StateDataReporter with energies relative to `offset_kj` and an absolute column."""
+    from openmm import app
+
+    class RelativeStateDataReporter(app.StateDataReporter):
+        """Potential/Total Energy minus the self-energy reference; the absolute value beside."""
+
+        def _constructHeaders(self) -> list[str]:  # noqa: N802 - OpenMM's method name
+            headers = super()._constructHeaders()
+            self._pe = headers.index("Potential Energy (kJ/mole)")
+            self._te = headers.index("Total Energy (kJ/mole)")
+            return [*headers[: self._te + 1], ABSOLUTE_COLUMN, *headers[self._te + 1 :]]
+
+        def _constructReportValues(self, simulation: Any, state: Any) -> list:  # noqa: N802
+            values = super()._constructReportValues(simulation, state)
+            absolute = values[self._pe]
+            values[self._pe] = absolute - offset_kj
+            values[self._te] = values[self._te] - offset_kj
+            return [*values[: self._te + 1], absolute, *values[self._te + 1 :]]
+
+    return RelativeStateDataReporter(
+        str(path),
+        interval,
+        step=True,
+        time=True,
+        potentialEnergy=True,
+        kineticEnergy=True,
+        totalEnergy=True,
+        temperature=True,
+        volume=npt,
+        density=npt,
+        speed=True,
+        append=append,
+    )
+
+
+class _SubsetState:
+    """The ML atoms' view of an OpenMM State (positions subset, same box) for the committee monitor."""
+
+    def __init__(self, state: Any, atoms: np.ndarray) -> None:
+        """Wrap `state`; `atoms` are the ML atoms' indices."""
+        self._state, self._atoms = state, atoms
+
+    def getPositions(self, asNumpy: bool = True) -> Any:  # noqa: N802, N803 - OpenMM's names
+        """Positions of the ML atoms (nm Quantity)."""
+        pos = self._state.getPositions(asNumpy=True)
+        return pos[self._atoms]
+
+    def getPeriodicBoxVectors(self, asNumpy: bool = True) -> Any:  # noqa: N802, N803
+        """The full system's box."""
+        return self._state.getPeriodicBoxVectors(asNumpy=True)
+
+
+def _set_barostat(system: Any, pressure_bar: float, temperature_k: float, interval: int) -> None:
+    """Add (or reset) the system's MonteCarloBarostat; interval 0 switches it off."""
+    import openmm
+    from openmm import unit
+
+    for force in system.getForces():
+        if isinstance(force, openmm.MonteCarloBarostat):
+            force.setDefaultPressure(pressure_bar * unit.bar)
+            force.setDefaultTemperature(temperature_k * unit.kelvin)
+            force.setFrequency(interval)
+            return
+    if interval:
+        system.addForce(
+            openmm.MonteCarloBarostat(
+                pressure_bar * unit.bar, temperature_k * unit.kelvin, interval
+            )
+        )
+
+
 def run_md(
-    model: torch.nn.Module | str | os.PathLike,
+    model: torch.nn.Module | str | os.PathLike | None,
     structure: Structure,
     out_dir: str | os.PathLike,
     steps: int,
@@ -342,10 +448,21 @@ def run_md(
     geometry_check: bool = True,
     min_distance: float = 0.5,
     max_uncertainty: float | None = None,
+    pressure_bar: float = 1.0,
+    barostat_interval: int = DEFAULT_BAROSTAT_INTERVAL,
+    system: Any | None = None,
+    topology: Any | None = None,
+    ml_atoms: Any | None = None,
 ) -> MDResult:
     """Run `steps` MD steps of `structure` with the model; files go to out_dir.
 
-    ensemble "nvt": LangevinMiddleIntegrator(temperature, friction); "nve": VerletIntegrator.
+    ensemble "nvt": LangevinMiddleIntegrator(temperature, friction); "nve": VerletIntegrator;
+    "npt": Langevin plus a MonteCarloBarostat at pressure_bar (bar), a volume move every
+    barostat_interval steps (fully periodic structures only).
+    system/topology: a prebuilt OpenMM System for `structure`'s atoms (e.g. ML/MM from
+    build_mlmm_system; an "npt" run adds or resets its barostat) with the Topology written to
+    topology.pdb; the model then only serves the committee monitor and the energy reference, and
+    may be None (an all-MM run). ml_atoms: the atoms the model covers (None: all).
     Writes trajectory (.dcd or .xtc) with `<trajectory>.json` (time step, frame spacing, units),
     state.csv (energies, temperature, speed), topology.pdb, checkpoint.chk (+ checkpoint.json) and
     final_state.xml. With resume, continues from checkpoint.chk up to `steps` total steps, after
@@ -353,7 +470,7 @@ def run_md(
 
     Checked at every report (SimulationBlowUp after saving the last good state): NaN; forces above
     max_force (eV/A); temperature above max_temperature (K; None: 5x the target for NVT, off for
-    NVE; 0: off); |total energy drift| above max_energy_drift (eV/atom; None: 0.2 for NVE, off
+    NVE; 0: off); the absolute total-energy drift above max_energy_drift (eV/atom; None: 0.2 for NVE, off
     for NVT, where the thermostat exchanges energy; 0: off); with geometry_check, covalent bonds
     of the starting structure broken or new ones formed and atoms closer than min_distance (A).
     """
@@ -365,8 +482,28 @@ def run_md(
         raise ValueError("steps must be >= 0 and the intervals > 0")
     if timestep_fs <= 0 or timestep_fs > 5:
         raise ValueError(f"timestep {timestep_fs} fs is outside (0, 5] fs")
-    if ensemble not in ("nvt", "nve"):
-        raise ValueError(f"ensemble must be 'nvt' or 'nve', got {ensemble!r}")
+    if ensemble not in ("nvt", "nve", "npt"):
+        raise ValueError(f"ensemble must be 'nvt', 'npt' or 'nve', got {ensemble!r}")
+    if ensemble == "npt":
+        if not (structure.periodic and structure.pbc.all()):
+            raise ValueError(
+                "ensemble 'npt' needs a fully periodic structure (a cell and pbc in x, y and z); "
+                "the barostat changes the box"
+            )
+        if not (pressure_bar > 0 and barostat_interval >= 1):
+            raise ValueError(
+                f"npt needs pressure_bar > 0 and barostat_interval >= 1, got {pressure_bar} bar "
+                f"and {barostat_interval} steps"
+            )
+    if (system is None) != (topology is None):
+        raise ValueError("a prebuilt system needs its topology too (and the other way round)")
+    if system is not None and system.getNumParticles() != len(structure):
+        raise ValueError(
+            f"the prebuilt system has {system.getNumParticles()} particles but the structure "
+            f"{len(structure)} atoms"
+        )
+    if model is None and system is None:
+        raise ValueError("run_md needs a model (or a prebuilt system)")
     for name, value in (
         ("max_temperature", max_temperature),
         ("max_energy_drift", max_energy_drift),
@@ -406,14 +543,21 @@ def run_md(
                     "spaced (start a new folder to change it)"
                 )
 
-    topology = topology_from_structure(structure)
     from mlsim.openmm._module import resolve_model
 
     # Loaded once here: the force and the uncertainty monitor share it.
-    system_model = resolve_model(model)
-    system = create_system(system_model, structure, backend=backend)
+    system_model = resolve_model(model) if model is not None else None
+    if system is None:
+        topology = topology_from_structure(structure)
+        system = create_system(system_model, structure, backend=backend)
+    ml_index = np.arange(len(structure)) if ml_atoms is None else np.asarray(ml_atoms, dtype=int)
+    offset_ev = reference_energy(system_model, structure.numbers[ml_index])
+    if ensemble == "npt":
+        _set_barostat(system, pressure_bar, temperature_k, barostat_interval)
+    else:
+        _set_barostat(system, pressure_bar, temperature_k, 0)  # a prebuilt one stays off
     dt = units.time_to_openmm(timestep_fs) * unit.picosecond
-    if ensemble == "nvt":
+    if ensemble in ("nvt", "npt"):
         integrator = openmm.LangevinMiddleIntegrator(
             temperature_k * unit.kelvin, friction_per_ps / unit.picosecond, dt
         )
@@ -430,6 +574,9 @@ def run_md(
     if resume:
         _load_checkpoint(sim, chk_path)
     else:
+        if periodic:
+            # A prebuilt system's default box may be older than the structure's (equilibrated).
+            sim.context.setPeriodicBoxVectors(*units.positions_to_openmm(structure.cell))
         sim.context.setPositions(units.positions_to_openmm(structure.positions))
         sim.context.setVelocitiesToTemperature(
             temperature_k * unit.kelvin, *([seed] if seed is not None else [])
@@ -459,16 +606,20 @@ def run_md(
         # A committee: log its spread every report; stop above max_uncertainty (eV/A) if given.
         from mlsim.openmm._uncertainty import CSV_HEADER, UncertaintyMonitor
 
-        monitor = UncertaintyMonitor(system_model, structure.numbers, periodic, max_uncertainty)
+        monitor = UncertaintyMonitor(
+            system_model, structure.numbers[ml_index], periodic, max_uncertainty
+        )
         if not (resume and unc_path.exists()):
             write_text(unc_path, CSV_HEADER)
     elif max_uncertainty is not None:
         raise ValueError("max_uncertainty needs a committee model (an ensemble)")
     append = resume and traj_path.exists()
     traj_cls = app.DCDReporter if suffix == ".dcd" else app.XTCReporter
-    reporters = [
-        traj_cls(str(traj_path), report_interval, append=append),
-        app.StateDataReporter(
+    offset_kj = float(units.energy_to_openmm(offset_ev))
+    csv_append = resume and log_path.exists()
+    if csv_append and ABSOLUTE_COLUMN not in log_path.read_text().split("\n", 1)[0]:
+        offset_kj = offset_ev = 0.0  # a run started before the relative column: keep its format
+        csv_reporter = app.StateDataReporter(
             str(log_path),
             report_interval,
             step=True,
@@ -478,9 +629,13 @@ def run_md(
             totalEnergy=True,
             temperature=True,
             speed=True,
-            append=resume and log_path.exists(),
-        ),
-    ]
+            append=True,
+        )
+    else:
+        csv_reporter = _state_reporter(
+            log_path, report_interval, offset_kj, ensemble == "npt", csv_append
+        )
+    reporters = [traj_cls(str(traj_path), report_interval, append=append), csv_reporter]
 
     def snapshot() -> Any:
         return sim.context.getState(
@@ -496,7 +651,7 @@ def run_md(
     good_step = done
     dof = _degrees_of_freedom(system)
     if max_temperature is None:
-        max_temperature = default_max_temperature(temperature_k, dof) if ensemble == "nvt" else 0.0
+        max_temperature = default_max_temperature(temperature_k, dof) if ensemble != "nve" else 0.0
     if max_energy_drift is None:
         max_energy_drift = DEFAULT_NVE_ENERGY_DRIFT if ensemble == "nve" else 0.0
     reference = old_meta.get("reference_total_energy_eV")
@@ -537,7 +692,13 @@ def run_md(
             "first_frame_time_ps": first_step * timestep_fs / units.FS_PER_PS,
             "ensemble": ensemble,
             "temperature_K": temperature_k,
-            "friction_per_ps": friction_per_ps if ensemble == "nvt" else None,
+            "friction_per_ps": friction_per_ps if ensemble != "nve" else None,
+            "pressure_bar": pressure_bar if ensemble == "npt" else None,
+            "barostat_interval_steps": barostat_interval if ensemble == "npt" else None,
+            "reference_energy_eV": offset_ev,
+            "reference_energy": "sum of the model's per-element self energies over the ML atoms; "
+            "state.csv's Potential and Total Energy are relative to it",
+            "ml_atoms": None if ml_atoms is None else len(ml_index),
             "n_atoms": len(structure),
             "reference_total_energy_eV": limits.reference_energy_ev,
             "units": {
@@ -568,7 +729,9 @@ def run_md(
             problem = _problem(state, limits)
             spread = None
             if monitor is not None and not problem:
-                spread = monitor.evaluate(state)
+                spread = monitor.evaluate(
+                    state if ml_atoms is None else _SubsetState(state, ml_index)
+                )
                 problem = monitor.problem(spread)
             if problem:
                 bad_step = sim.currentStep

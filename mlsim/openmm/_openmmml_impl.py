@@ -12,7 +12,33 @@ from openmmml.mlpotential import MLPotentialImpl
 from mlsim.openmm._forces import create_force
 from mlsim.openmm._module import resolve_model
 
-__all__ = ["MLSimPotentialImpl"]
+__all__ = ["MLSimPotentialImpl", "keep_molecules_whole"]
+
+
+def keep_molecules_whole(topology: Any, system: Any, atoms: list[int]) -> Any | None:
+    """Add zero-strength bonds between bonded ML atoms; returns the force (None: no bonds).
+
+    The ML/MM embeddings remove the ML atoms' bonds from the System, and OpenMM finds molecules
+    from bonds: without these, a Monte Carlo barostat moves each ML atom on its own (more
+    rejected moves) and periodic wrapping of states and trajectories splits the ML molecule.
+    """
+    import openmm
+
+    ml = set(atoms)
+    pairs = [
+        (b.atom1.index, b.atom2.index)
+        for b in topology.bonds()
+        if b.atom1.index in ml and b.atom2.index in ml
+    ]
+    if not pairs:
+        return None
+    force = openmm.HarmonicBondForce()
+    force.setName("ML atoms' connectivity (k = 0): keeps ML molecules whole")
+    for i, j in pairs:
+        force.addBond(i, j, 0.1, 0.0)
+    force.setUsesPeriodicBoundaryConditions(system.usesPeriodicBoundaryConditions())
+    system.addForce(force)
+    return force
 
 
 class MLSimPotentialImpl(MLPotentialImpl):
@@ -72,6 +98,8 @@ class MLSimPotentialImpl(MLPotentialImpl):
         )
         force.setForceGroup(forceGroup)
         system.addForce(force)
+        if atoms is not None and system.getNumParticles() > 0:
+            keep_molecules_whole(topology, system, list(atoms))
 
     def getMLLongRange(self) -> bool:  # noqa: N802 - openmm-ml's method name
         """mlsim models are local (finite cutoff), which the ML/MM embeddings need to know."""

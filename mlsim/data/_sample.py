@@ -80,10 +80,7 @@ def sample(
         raise ValueError(f"engine must be 'ase' or 'openmm', got {engine!r}")
     if calculator is None:
         raise ValueError("sample needs an ASE calculator (or engine='openmm' with a forcefield)")
-    from ase import units
-    from ase.constraints import FixCom
-    from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
+    from mlsim.ase._langevin import langevin_nvt
 
     if n_frames < 1 or every < 1:
         raise ValueError("n_frames and every must be >= 1")
@@ -109,25 +106,9 @@ def sample(
         atoms = s0.to_atoms()
         factory = isinstance(calculator, type) or not hasattr(calculator, "get_potential_energy")
         atoms.calc = calculator() if factory else calculator
-        # FixCom + fixcm=False: ASE's fixcm=True Langevin samples a slightly wrong NVT ensemble,
-        # which is noticeable for a 9-atom molecule.
-        atoms.set_constraint(FixCom())
-        thermalize_momenta(atoms, temp, rng=rng)
-        Stationary(atoms)
-        if not atoms.pbc.any():
-            # ASE divides by each principal moment before discarding zero ones (linear molecules).
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ZeroRotation(atoms)
+        dyn = langevin_nvt(atoms, temp, timestep_fs, friction_per_fs, rng)
         calc_name = str(
             getattr(atoms.calc, "parameters", {}).get("method") or type(atoms.calc).__name__
-        )
-        dyn = Langevin(
-            atoms,
-            timestep=timestep_fs * units.fs,
-            temperature_K=temp,
-            friction=friction_per_fs / units.fs,
-            fixcm=False,
-            rng=rng,
         )
         _run_steps(dyn, n_eq, bar)
         for f in range(n_frames):

@@ -201,7 +201,7 @@ def test_calibration_recovers_a_known_error_scale():
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"reference": {"method": "gaussian16"}}, "unknown reference method"),
+        ({"reference": {"method": "gaussian16"}}, "unknown method 'gaussian16'"),
         ({"lower": 0.5, "upper": 0.1}, "out of order"),
         ({"max_labels": 0}, "label budget"),
         ({"steps": 2.5}, "steps must be an integer"),

@@ -174,29 +174,21 @@ class AseLabeller:
         return energy, forces, info
 
 
-def make_labeller(
-    method: str,
-    *,
-    functional: str = "b3lyp",
-    basis: str = "6-31g*",
-    density_fit: bool = True,
-    charge: int = 0,
-    spin: int = 0,
-    threads: int | None = None,
-) -> Labeller:
-    """Return the labeller for 'dft', 'xtb' or 'package.module:CalculatorClass' (built with no arguments)."""
-    if method == "dft":
-        return PySCFLabeller(
-            functional, basis, density_fit=density_fit, charge=charge, spin=spin, threads=threads
-        )
-    if method == "xtb":
-        calc, name = make_calculator(method, charge=charge, spin=spin)
-        return AseLabeller(calc, name, {"charge": int(charge), "spin": int(spin)})
+def make_labeller(method: str, **options: Any) -> Labeller:
+    """The labeller for a registered method ('dft', 'xtb', plug-ins; see mlsim.data._references)
+    or 'package.module:CalculatorClass' (an ASE calculator built with no arguments).
+
+    Options a method does not take are dropped (the command line passes DFT options to xTB);
+    None values mean the method's default.
+    """
     if ":" in method:
         # A calculator built with no arguments: charge and spin do not reach it, so not recorded.
         calc, name = make_calculator(method)
         return AseLabeller(calc, name)
-    raise ValueError(f"unknown method {method!r}: use dft, xtb or module:CalculatorClass")
+    from mlsim.data._references import get_reference
+
+    ref = get_reference(method)
+    return ref.build(**{k: v for k, v in options.items() if k in ref.options})
 
 
 def make_calculator(method: str, *, charge: int = 0, spin: int = 0) -> tuple[Any, str]:

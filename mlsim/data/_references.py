@@ -130,10 +130,10 @@ def _check_xtb(elements: list[int], options: dict[str, Any]) -> None:
 
 
 def _check_dft(elements: list[int], options: dict[str, Any]) -> None:
+    import warnings
+
     from ase.data import chemical_symbols
     from pyscf import gto
-
-    import warnings
 
     basis = str(options.get("basis", "6-31g*"))
     for z in elements:

@@ -179,12 +179,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the simulation and print a summary; exit status 3 when it blew up."""
-    import sys
 
     import ase.io
 
     from mlsim.data import Structure
-    from mlsim.openmm import SimulationBlowUp, run_md
+    from mlsim.openmm import run_md
 
     if not args.structure.is_file():
         raise FileNotFoundError(f"structure file not found: {args.structure}")
@@ -199,38 +198,56 @@ def run(args: argparse.Namespace) -> int:
         structure = read(args.structure)[-1]  # strict: a truncated file is an error
     else:
         structure = Structure.from_atoms(ase.io.read(args.structure))
+    return _run_guarded(
+        run_md,
+        args.model,
+        structure,
+        args.out_dir,
+        steps=args.steps,
+        ensemble=args.ensemble,
+        backend=args.backend,
+        max_energy_drift=args.max_energy_drift,
+        **_md_options(args),
+    )
+
+
+def _md_options(args: argparse.Namespace) -> dict[str, object]:
+    """The options run_md and run_mlmm share: integrator, reporting, checks."""
+    return {
+        "timestep_fs": args.timestep,
+        "temperature_k": args.temperature,
+        "friction_per_ps": args.friction,
+        "pressure_bar": args.pressure,
+        "platform": args.platform,
+        "report_interval": args.report_interval,
+        "checkpoint_interval": args.checkpoint_interval,
+        "trajectory": args.trajectory,
+        "max_force": args.max_force,
+        "seed": args.seed,
+        "resume": args.resume,
+        "max_uncertainty": args.max_uncertainty,
+        "progress": not args.no_progress,
+        "max_temperature": args.max_temperature,
+        "geometry_check": not args.no_geometry_check,
+        "min_distance": args.min_distance,
+    }
+
+
+def _run_guarded(runner, *args: object, **kwargs: object) -> int:
+    """Run an MD runner; a blow-up is exit status 3 with its message, success prints a summary."""
+    import sys
+
+    from mlsim.openmm import SimulationBlowUp
+
     try:
-        res = run_md(
-            args.model,
-            structure,
-            args.out_dir,
-            steps=args.steps,
-            timestep_fs=args.timestep,
-            temperature_k=args.temperature,
-            friction_per_ps=args.friction,
-            ensemble=args.ensemble,
-            pressure_bar=args.pressure,
-            backend=args.backend,
-            platform=args.platform,
-            report_interval=args.report_interval,
-            checkpoint_interval=args.checkpoint_interval,
-            trajectory=args.trajectory,
-            max_force=args.max_force,
-            seed=args.seed,
-            resume=args.resume,
-            max_uncertainty=args.max_uncertainty,
-            progress=not args.no_progress,
-            max_temperature=args.max_temperature,
-            max_energy_drift=args.max_energy_drift,
-            geometry_check=not args.no_geometry_check,
-            min_distance=args.min_distance,
-        )
+        res = runner(*args, **kwargs)
     except SimulationBlowUp as exc:
         print(f"mlsim md: {exc}", file=sys.stderr)
         return 3
     print(
         f"{res.steps} steps ({res.time_ps:.3f} ps) at {res.steps_per_second:.1f} steps/s; "
-        f"trajectory {res.trajectory}, log {res.log}, checkpoint {res.checkpoint}"
+        f"trajectory {res.trajectory}, topology {res.trajectory.parent / 'topology.pdb'}, "
+        f"log {res.log}, checkpoint {res.checkpoint}"
     )
     return 0
 
@@ -239,7 +256,7 @@ def _run_mlmm(args: argparse.Namespace) -> int:
     """Build the solvated ML/MM system for a ligand (and protein), equilibrate and run it."""
     import sys
 
-    from mlsim.openmm import SimulationBlowUp, build_mlmm_system, run_mlmm
+    from mlsim.openmm import build_mlmm_system, run_mlmm
 
     ensemble = args.ensemble
     if ensemble == "nve":
@@ -266,38 +283,14 @@ def _run_mlmm(args: argparse.Namespace) -> int:
         f"{'from the cache' if s['template_cached'] else 'made now'}: {setup.template.folder}",
         file=sys.stderr,
     )
-    try:
-        res = run_mlmm(
-            setup,
-            args.out_dir,
-            args.steps,
-            ensemble=ensemble,
-            timestep_fs=args.timestep,
-            temperature_k=args.temperature,
-            pressure_bar=args.pressure,
-            friction_per_ps=args.friction,
-            nvt_ps=args.nvt_ps,
-            npt_ps=args.npt_ps,
-            max_minimize_steps=args.minimize_steps,
-            platform=args.platform,
-            seed=args.seed,
-            resume=args.resume,
-            progress=not args.no_progress,
-            report_interval=args.report_interval,
-            checkpoint_interval=args.checkpoint_interval,
-            trajectory=args.trajectory,
-            max_force=args.max_force,
-            max_uncertainty=args.max_uncertainty,
-            max_temperature=args.max_temperature,
-            geometry_check=not args.no_geometry_check,
-            min_distance=args.min_distance,
-        )
-    except SimulationBlowUp as exc:
-        print(f"mlsim md: {exc}", file=sys.stderr)
-        return 3
-    print(
-        f"{res.steps} steps ({res.time_ps:.3f} ps) at {res.steps_per_second:.1f} steps/s; "
-        f"trajectory {res.trajectory}, topology {res.trajectory.parent / 'topology.pdb'}, "
-        f"log {res.log}, checkpoint {res.checkpoint}"
+    return _run_guarded(
+        run_mlmm,
+        setup,
+        args.out_dir,
+        args.steps,
+        ensemble=ensemble,
+        nvt_ps=args.nvt_ps,
+        npt_ps=args.npt_ps,
+        max_minimize_steps=args.minimize_steps,
+        **_md_options(args),
     )
-    return 0

@@ -306,7 +306,11 @@ def test_cli_analyze_writes_plots_and_summary(alanine_set, tmp_path, capsys):
     assert sum(pops.values()) == pytest.approx(1.0, abs=1e-6)
     assert set(pops) == set(an.ALANINE_STATES)
     assert set(s["states"]["populations_bootstrap_std"]) == set(an.ALANINE_STATES)
-    assert 0.0 <= s["classifier"]["heldout_accuracy"] <= 1.0
+    # The four basins are separable from heavy-atom distances: the held-out trajectory is
+    # classified almost perfectly (0.995 with this seed), every state it visits too.
+    assert s["classifier"]["heldout_accuracy"] >= 0.9
+    per_state = s["classifier"]["heldout_accuracy_per_state"]
+    assert all(a >= 0.8 for a in per_state.values() if a is not None)
     assert {"lstm", "msm", "persistence"} <= set(s["forecast"])
 
 

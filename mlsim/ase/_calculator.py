@@ -31,6 +31,10 @@ class MLCalculator(Calculator):
     within the cutoff unseen). skin=0 disables reuse: the model builds its own list every call.
     `neighbor_list_builds` counts the lists built here.
 
+    fast=True evaluates `mlsim.models.optimize_for_inference(model)` instead of the model: the
+    same energies (radial filters tabulated to ~1e-10) with hand-written forces in a fused C++
+    kernel, ~10x cheaper per step for PaiNN models; "cpp" or "torch" pick its backend.
+
     Errors name the structure and atoms: unknown elements or atomic numbers outside 1..118, two
     atoms closer than `min_distance` (default 0.1 A; None disables the check), NaN/inf results
     (ValueError), a neighbor list too large for memory (MemoryError).
@@ -59,9 +63,13 @@ class MLCalculator(Calculator):
         dtype: torch.dtype | None = None,
         skin: float = 0.5,
         min_distance: float | None = MIN_DISTANCE,
+        fast: bool | str = False,
         **kwargs: Any,
     ) -> None:
-        """Load the model (if a path) onto `device`; dtype casts a private copy; lengths in A."""
+        """Load the model (if a path) onto `device`; dtype casts a private copy; lengths in A.
+
+        fast: False, True ("auto"), "cpp" or "torch": use an inference-optimised copy (PaiNN).
+        """
         # Reentrant: calculate() runs inside get_property(), both take it.
         self._lock = threading.RLock()
         super().__init__(**kwargs)
@@ -80,6 +88,11 @@ class MLCalculator(Calculator):
             import copy
 
             model = copy.deepcopy(model).to(dtype)
+        if fast:
+            from mlsim.models import optimize_for_inference
+
+            backend = "auto" if fast is True else str(fast)
+            model = optimize_for_inference(model, backend=backend)
         self.model = model
         self.device = torch.device(device)
         self.dtype = model_dtype(model)

@@ -5,6 +5,7 @@ from mlsim._schema import Option
 from mlsim.models._ani import ANIModel
 from mlsim.models._base import AtomicModel, upgrade_state_dict
 from mlsim.models._ensemble import Ensemble
+from mlsim.models._fast import FastPaiNN, optimize_for_inference
 from mlsim.models._io import build_model, load_metadata, load_model, load_trainable, save_model
 from mlsim.models._painn import PaiNNModel
 from mlsim.models._properties import compute_properties
@@ -21,6 +22,7 @@ __all__ = [
     "Architecture",
     "AtomicModel",
     "Ensemble",
+    "FastPaiNN",
     "Option",
     "PaiNNModel",
     "architectures",
@@ -32,6 +34,7 @@ __all__ = [
     "load_metadata",
     "load_model",
     "load_trainable",
+    "optimize_for_inference",
     "register_architecture",
     "save_model",
     "upgrade_state_dict",

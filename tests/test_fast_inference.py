@@ -272,6 +272,16 @@ def test_scripted_save_load_and_bad_inputs(tmp_path) -> None:
 
 
 @needs_kernel
+def test_kernel_rejects_pairs_outside_the_atoms() -> None:
+    """A caller's pair list that indexes past the atoms is an error, not a memory fault."""
+    fast = optimize_for_inference(_painn([1, 8]), backend="cpp")
+    args = _inputs([molecule("H2O")])
+    i, j, shifts = torch.tensor([0, 1]), torch.tensor([1, 3]), torch.zeros(2, 3, dtype=torch.long)
+    with pytest.raises((IndexError, RuntimeError, torch.jit.Error), match="outside the 3 atoms"):
+        fast.energy_from_pairs(*args, i, j, shifts)
+
+
+@needs_kernel
 def test_kernel_library_path_is_the_loaded_library() -> None:
     """A C++ host (OpenMM without Python) must dlopen this file before a backend='cpp' module."""
     path = Path(_fast.kernel_library_path())

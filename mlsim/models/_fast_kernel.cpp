@@ -196,7 +196,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run(
   const int64_t n = pos_t.size(0);
   const int64_t f = FC > 0 ? FC : w[EMBEDDING].size(1);
   const int64_t f2 = w[RO_W1].size(0);
-  TORCH_CHECK(FC == 0 || f2 == FC / 2, "painn_energy_grad: readout width must be features / 2");
+  TORCH_CHECK(FC == 0 || f2 == FC / 2, "painn_energy: readout width must be features / 2");
   const int64_t f3 = 3 * f;
   const int64_t layers = w[PHI_W1].size(0);
   // spline: (layers, knots, 6, 3F) quintic coefficients per interval of width cutoff / knots
@@ -205,6 +205,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run(
   const T inv_h = T(double(knots) / cutoff_d);
 
   const int64_t* species = species_t.data_ptr<int64_t>();
+  const int64_t num_species = w[EMBEDDING].size(0);
+  for (int64_t a = 0; a < n; ++a) {
+    TORCH_CHECK_INDEX(species[a] >= 0 && species[a] < num_species,
+                      "painn_energy: element index out of range for atom ", a);
+    TORCH_CHECK_INDEX(batch_t.data_ptr<int64_t>()[a] >= 0 &&
+                          batch_t.data_ptr<int64_t>()[a] < num_structures,
+                      "painn_energy: structure index out of range for atom ", a);
+  }
   const T* pos = pos_t.data_ptr<T>();
   const T* cell = cell_t.data_ptr<T>();
   const int64_t* batch = batch_t.data_ptr<int64_t>();
@@ -226,6 +234,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run(
   px.reserve(npairs);
   for (int64_t p = 0; p < npairs; ++p) {
     const int64_t a = pi[p], b = pj[p];
+    // A caller's own pair list (energy_from_pairs) must not index outside the atoms.
+    TORCH_CHECK_INDEX(a >= 0 && a < n && b >= 0 && b < n, "painn_energy: pair ", p, " (", a,
+                      ", ", b, ") indexes outside the ", n, " atoms");
     T vec[3];
     for (int c = 0; c < 3; ++c) vec[c] = pos[3 * b + c] - pos[3 * a + c];
     if (periodic) {

@@ -327,9 +327,7 @@ def test_openmm_ml_create_system_and_unknown_element(tmp_path):
 def test_ml_mm_mixed_system_on_solvated_dipeptide():
     from openmmml import MLPotential
 
-    pdb = app.PDBFile(
-        str(__import__("mlsim.testsystems", fromlist=["x"]).ALANINE_PDB)
-    )
+    pdb = app.PDBFile(str(__import__("mlsim.testsystems", fromlist=["x"]).ALANINE_PDB))
     ff = app.ForceField("amber14-all.xml", "amber14/tip3p.xml")
     modeller = app.Modeller(pdb.topology, pdb.positions)
     modeller.addSolvent(ff, boxSize=openmm.Vec3(2.2, 2.2, 2.2) * unit.nanometer)

@@ -1,6 +1,6 @@
 """Labelling throughput by executor: in-process, 2 local worker processes, a 2-worker Dask LocalCluster.
 
-Run: nice .venv/bin/python benchmarks/labelling_scale.py [--dft 10] [--xtb 1000]
+Run: nice .venv/bin/python benchmarks/labelling_scale.py [--dft 10] [--xtb 1000] [--rounds 3]
 Prints a table and writes benchmarks/results/labelling_scale.json. GFN2-xTB labels ethanol
 training geometries, B3LYP/6-31G* (density fitting) a handful of the validation geometries, every
 configuration with one thread per worker. Each row is one `mlsim.data.label` call, timed whole:
@@ -11,7 +11,11 @@ time inside the labeller over wall x workers: the fraction of the workers' time 
 (what hosting the labeller in that process costs, Dask's housekeeping threads included): unlike
 wall time, it hardly moves when other jobs share the machine. The Dask overhead compares it, and
 the wall and CPU times, with the 2-process executor's; the LocalCluster start-up alone is timed
-separately, since on a real cluster it happens once, outside `mlsim label`.
+separately, since on a real cluster it happens once, outside `mlsim label`. With --rounds R the
+DFT configurations run R times, interleaved in rotating order, and each row sums its rounds: on a
+shared machine the changing load then reaches every configuration alike. A one-worker Dask
+cluster is also compared with labelling in this process (the second core left to the scheduler
+and nanny, as on a cluster where they run off the compute node).
 """
 
 from __future__ import annotations
@@ -34,7 +38,12 @@ CONFIGS = [  # (name, workers whose time counts, label() keyword arguments)
     ("local processes, 2 workers", 2, {"workers": 2}),
     ("Dask LocalCluster, 2 workers", 2, {"executor": "dask", "workers": 2}),
 ]
-DFT_EXTRA = ("in-process, 1 worker x 2 threads", 1, {"workers": 1, "threads": 2})
+DFT_EXTRA = [
+    ("in-process, 1 worker x 2 threads", 1, {"workers": 1, "threads": 2}),
+    # one Dask worker leaves the second core to the scheduler and nanny, as on a cluster where
+    # they run off the compute node: compared with labelling in this process
+    ("Dask LocalCluster, 1 worker", 1, {"executor": "dask", "workers": 1}),
+]
 
 
 class TimedLabeller:
@@ -119,8 +128,54 @@ def run(
         "labels_per_cpu_min": round(60 * len(inputs) / cpu, 2),
         "busy_fraction": round(busy / (wall * slots), 3),
         "worker_cpu_s_per_structure_median": round(worker_cpu, 4),
+        "_worker_cpu": [float(r.info["cpu_s"]) for r in recs],
+        "_busy": busy,
     }
     return row, labels
+
+
+def _combine(parts: list[dict]) -> dict:
+    """One row from the rounds of one configuration: sums, and medians over every structure."""
+    row = dict(parts[0])
+    wall = sum(p["wall_s"] for p in parts)
+    n = sum(p["structures"] for p in parts)
+    cpu_per = [c for p in parts for c in p["_worker_cpu"]]
+    row.update(
+        rounds=len(parts),
+        round_wall_s=[p["wall_s"] for p in parts],
+        structures=n,
+        wall_s=round(wall, 3),
+        cpu_s=round(sum(p["cpu_s"] for p in parts), 3),
+        labels_per_min=round(60 * n / wall, 2),
+        labels_per_cpu_min=round(60 * n / sum(p["cpu_s"] for p in parts), 2),
+        busy_fraction=round(sum(p["_busy"] for p in parts) / (wall * row["workers"]), 3),
+        worker_cpu_s_per_structure_median=round(float(np.median(cpu_per)), 4),
+        max_abs_energy_diff_eV=max(p["max_abs_energy_diff_eV"] for p in parts),
+        max_abs_force_diff_eV_A=max(p["max_abs_force_diff_eV_A"] for p in parts),
+    )
+    for key in ("_worker_cpu", "_busy"):
+        row.pop(key)
+    return row
+
+
+def _overhead(base: dict, dsk: dict, cluster_start: float) -> dict:
+    """Dask's row against `base`'s: wall (with and without the cluster start), CPU, worker CPU."""
+    return {
+        "dask_vs": base["executor"],
+        "dask_vs_local_wall_percent": round(100 * (dsk["wall_s"] / base["wall_s"] - 1), 1),
+        "dask_vs_local_wall_percent_without_cluster_start": round(
+            100 * ((dsk["wall_s"] - cluster_start) / base["wall_s"] - 1), 1
+        ),
+        "dask_vs_local_cpu_percent": round(100 * (dsk["cpu_s"] / base["cpu_s"] - 1), 1),
+        "dask_vs_local_worker_cpu_per_structure_percent": round(
+            100
+            * (
+                dsk["worker_cpu_s_per_structure_median"] / base["worker_cpu_s_per_structure_median"]
+                - 1
+            ),
+            1,
+        ),
+    }
 
 
 def main() -> None:
@@ -130,6 +185,15 @@ def main() -> None:
     parser.add_argument("--dft", type=int, default=10, help="DFT structures (default 10)")
     parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "labelling_scale.json"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="DFT rounds, interleaved in rotating order (default 1); each labels --dft structures",
+    )
+    parser.add_argument(
+        "--note", default="", help="what else ran on the machine (stored in the JSON)"
     )
     args = parser.parse_args()
 
@@ -156,18 +220,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for method, inputs, options in jobs:
             inputs = list(inputs)
-            configs = CONFIGS + ([DFT_EXTRA] if method == "dft" else [])
+            configs = CONFIGS + (DFT_EXTRA if method == "dft" else [])
+            rounds = args.rounds if method == "dft" else 1
+            parts: dict[str, list[dict]] = {name: [] for name, _, _ in configs}
             ref = None
+            for r in range(rounds):
+                # interleaved, each round in another order: load changes on a shared machine
+                # then reach every configuration alike
+                shift = r % len(configs)
+                for name, slots, kwargs in configs[shift:] + configs[:shift]:
+                    row, labels = run(inputs, method, options, name, slots, kwargs, Path(tmp))
+                    if ref is None:
+                        ref = labels
+                    # identical labels whatever runs them (bitwise for one thread per worker)
+                    row["max_abs_energy_diff_eV"] = max(abs(labels[i][0] - ref[i][0]) for i in ref)
+                    row["max_abs_force_diff_eV_A"] = max(
+                        float(np.abs(labels[i][1] - ref[i][1]).max()) for i in ref
+                    )
+                    parts[name].append(row)
             by_name = {}
-            for name, slots, kwargs in configs:
-                row, labels = run(inputs, method, options, name, slots, kwargs, Path(tmp))
-                if ref is None:
-                    ref = labels
-                # identical labels whatever runs them (bitwise for one thread per worker)
-                row["max_abs_energy_diff_eV"] = max(abs(labels[i][0] - ref[i][0]) for i in ref)
-                row["max_abs_force_diff_eV_A"] = max(
-                    float(np.abs(labels[i][1] - ref[i][1]).max()) for i in ref
-                )
+            for name, _, _ in configs:
+                row = _combine(parts[name])
                 rows.append(row)
                 by_name[name] = row
                 print(
@@ -177,22 +250,11 @@ def main() -> None:
                     flush=True,
                 )
             local, dsk = by_name[CONFIGS[1][0]], by_name[CONFIGS[2][0]]
-            overhead[method] = {
-                "dask_vs_local_wall_percent": round(100 * (dsk["wall_s"] / local["wall_s"] - 1), 1),
-                "dask_vs_local_wall_percent_without_cluster_start": round(
-                    100 * ((dsk["wall_s"] - cluster_start) / local["wall_s"] - 1), 1
-                ),
-                "dask_vs_local_cpu_percent": round(100 * (dsk["cpu_s"] / local["cpu_s"] - 1), 1),
-                "dask_vs_local_worker_cpu_per_structure_percent": round(
-                    100
-                    * (
-                        dsk["worker_cpu_s_per_structure_median"]
-                        / local["worker_cpu_s_per_structure_median"]
-                        - 1
-                    ),
-                    1,
-                ),
-            }
+            overhead[method] = _overhead(local, dsk, cluster_start)
+            if method == "dft":
+                overhead["dft_one_worker"] = _overhead(
+                    by_name[CONFIGS[0][0]], by_name[DFT_EXTRA[1][0]], cluster_start
+                )
     result = {
         "benchmark": "labelling_scale",
         "inputs": {
@@ -206,7 +268,7 @@ def main() -> None:
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
             "nice": os.nice(0),
             "platform": platform.platform(),
-            "note": "shared machine: background DFT jobs at nice 19 and other tests were running",
+            "note": args.note,
         },
         "versions": {
             "dask": dask.__version__,

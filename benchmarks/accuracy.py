@@ -1,4 +1,4 @@
-"""Accuracy vs the DFT test set (ethanol): mlsim model, GFN2-xTB, MMFF94, UFF; parity plots.
+"""Accuracy vs the DFT test set (ethanol): mlsim model, GFN2-xTB, MMFF94, UFF, CHARMM36, GAFF2.
 
 Usage: python benchmarks/accuracy.py [--quick] [other `mlsim bench` options]. Writes
 benchmarks/results/accuracy.json (and the collected report.md / report.json) and prints the report.

@@ -54,13 +54,9 @@ def _generate(data: Path, seeds: list[int], ns: float) -> None:
 
 def _linear_peer(trajs: list, summary: dict, seed: int) -> float:
     """Held-out accuracy of a linear (softmax regression) classifier on the same distances."""
-    from mlsim.analysis import (
-        ALANINE_STATES,
-        alanine_state_labels,
-        heavy_atom_distances,
-        phi_psi_angles,
-        train_state_classifier,
-    )
+    from mlsim.analysis import train_state_classifier
+    from mlsim.analysis._features import heavy_atom_distances, phi_psi_angles
+    from mlsim.analysis._states import ALANINE_STATES, alanine_state_labels
 
     tr = summary["classifier"]["train_trajectories"]
     te = summary["classifier"]["test_trajectories"]

@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from mlsim.models import load_model
-    from mlsim.train import evaluate, load_config, read_structures, train
+    from mlsim.train import evaluate, load_config, train
+    from mlsim.train._data import read_structures
 
     base = load_config(args.config)
     data = Path(args.data).resolve() if args.data else base.path(base.data)

@@ -54,10 +54,11 @@ def smoke() -> None:
     import openmm
 
     from mlsim.openmm import import_openmmtorch
+    from mlsim.openmm._engine import make_context, potential_energy_of, set_positions
 
     openmmtorch = import_openmmtorch()
     print(f"mlsim {mlsim.__version__}; C++ core {_core.version()}: {_core.build_info()}")
-    x_nm = units.positions_to_openmm(np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.5, 0.0]]))
+    x = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.5, 0.0]])  # Angstrom
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "well.pt"
         torch.jit.script(HarmonicWell(torch.zeros(3, 3, dtype=torch.float64), 100.0)).save(
@@ -67,17 +68,14 @@ def smoke() -> None:
         for _ in range(3):
             system.addParticle(1.0)
         system.addForce(openmmtorch.TorchForce(str(path)))
-        ctx = openmm.Context(
-            system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference")
-        )
-        ctx.setPositions(x_nm)
-        e = (
-            ctx.getState(getEnergy=True)
-            .getPotentialEnergy()
-            .value_in_unit(openmm.unit.kilojoule_per_mole)
-        )
-    expected = 0.5 * 100.0 * (x_nm**2).sum()
-    print(f"smoke: OpenMM TorchForce energy {e:.6f} kJ/mol (analytic {expected:.6f})")
+        ctx = make_context(system, None, "Reference")
+        set_positions(ctx, x)
+        e = potential_energy_of(ctx.getState(getEnergy=True))
+    # The well works in OpenMM's units: k in kJ/mol/nm^2 on positions in nm.
+    expected = float(
+        units.energy_from_openmm(0.5 * 100.0 * (units.positions_to_openmm(x) ** 2).sum())
+    )
+    print(f"smoke: OpenMM TorchForce energy {e:.6f} eV (analytic {expected:.6f})")
     if not np.isclose(e, expected, rtol=1e-6):
         raise SystemExit("demo failed: TorchForce energy does not match the analytic value")
 
@@ -173,26 +171,20 @@ def get_model() -> tuple[torch.nn.Module, str, Path | None]:
 
 def agreement(model: torch.nn.Module, frames: list) -> dict[str, tuple[float, float]]:
     """Max relative energy and force difference OpenMM vs ASE over `frames`, per backend."""
-    import openmm
-
     from mlsim.ase import MLCalculator
     from mlsim.data import Structure
     from mlsim.openmm import create_system
+    from mlsim.openmm._engine import evaluate, make_context
 
     calc = MLCalculator(model)
     out = {}
     for backend in ("python", "torch"):
         system = create_system(model, Structure.from_atoms(frames[0]), backend=backend)
         backend = {"python": "PythonForce", "torch": "TorchForce"}[backend]
-        ctx = openmm.Context(
-            system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("CPU")
-        )
+        ctx = make_context(system, None, "CPU")
         de = df = 0.0
         for atoms in frames:
-            ctx.setPositions(units.positions_to_openmm(atoms.positions))
-            st = ctx.getState(getEnergy=True, getForces=True)
-            e_mm = float(units.energy_from_openmm(st.getPotentialEnergy()._value))
-            f_mm = units.forces_from_openmm(np.asarray(st.getForces(asNumpy=True)._value))
+            e_mm, f_mm = evaluate(ctx, atoms.positions)
             a = atoms.copy()
             a.calc = calc
             e, f = a.get_potential_energy(), a.get_forces()

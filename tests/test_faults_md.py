@@ -115,8 +115,7 @@ def test_sigkill_mid_run_then_resume_has_each_frame_once(tmp_path, xyz):
     assert main(["md", *args, "--steps", str(steps), "--resume"]) == 0
     assert_complete_run(out, steps, 5)
     # The frame spacing is stored with the trajectory and in its header (for mlsim analyze).
-    from mlsim.analysis import file_frame_interval_ps
-    from mlsim.analysis._timestep import dcd_header_frame_interval_ps
+    from mlsim.analysis._timestep import dcd_header_frame_interval_ps, file_frame_interval_ps
 
     meta = json.loads((out / "trajectory.dcd.json").read_text())
     assert meta["frame_interval_ps"] == pytest.approx(5 * 0.5e-3)
@@ -192,7 +191,8 @@ def test_blowup_at_large_timestep_exits_nonzero_and_keeps_last_good_state(tmp_pa
     # The checkpoint holds the same state: a fresh simulation loads it at that step.
     from openmm import app
 
-    from mlsim.openmm import create_system, topology_from_structure
+    from mlsim.openmm import create_system
+    from mlsim.openmm._system import topology_from_structure
 
     sim = app.Simulation(
         topology_from_structure(s),

@@ -252,7 +252,7 @@ def test_memory_limit_per_worker(tmp_path):
 
 
 def test_labeller_object_is_sent_to_workers(tmp_path, reference):
-    from mlsim.data import AseLabeller
+    from mlsim.data._backends import AseLabeller
 
     inputs, ref = reference
     out = tmp_path / "o.extxyz"

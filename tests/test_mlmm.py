@@ -23,15 +23,9 @@ import torch  # noqa: E402
 from mlsim import units  # noqa: E402
 from mlsim._fileio import write_text  # noqa: E402
 from mlsim.data import Structure  # noqa: E402
-from mlsim.openmm import (  # noqa: E402
-    AmberToolsError,
-    ambertools_available,
-    build_mlmm_system,
-    parameterize_ligand,
-    read_ligand,
-    reference_energy,
-    run_md,
-)
+from mlsim.openmm import build_mlmm_system, parameterize_ligand, read_ligand, run_md  # noqa: E402
+from mlsim.openmm._gaff import AmberToolsError, ambertools_available  # noqa: E402
+from mlsim.openmm._md import reference_energy  # noqa: E402
 
 torch.set_num_threads(1)
 needs_ambertools = pytest.mark.skipif(
@@ -290,7 +284,8 @@ def test_committee_monitor_sees_only_the_ml_atoms(tmp_path, cache):
 def test_equilibration_stops_when_the_ml_ligand_breaks(tmp_path, cache):
     """An untrained model tears the ligand apart: equilibrate says which stage, before production."""
     from mlsim.models import PaiNNModel
-    from mlsim.openmm import SimulationBlowUp, equilibrate
+    from mlsim.openmm import SimulationBlowUp
+    from mlsim.openmm._mlmm import equilibrate
 
     torch.manual_seed(0)
     model = torch.jit.script(

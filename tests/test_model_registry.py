@@ -21,11 +21,11 @@ from mlsim.models import (
     architectures,
     build_model,
     compute_properties,
-    get_architecture,
     load_model,
-    load_trainable,
     register_architecture,
 )
+from mlsim.models._io import load_trainable
+from mlsim.models._registry import get_architecture
 from mlsim.models.blocks import (
     ElementEmbedding,
     GaussianRBF,

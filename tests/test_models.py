@@ -17,8 +17,8 @@ from mlsim.models import (
     load_metadata,
     load_model,
     save_model,
-    upgrade_state_dict,
 )
+from mlsim.models._base import upgrade_state_dict
 
 SPECS = {
     "ani": {"architecture": "ani", "hyperparameters": {"hidden": [16, 8]}},
@@ -322,7 +322,7 @@ def test_load_trainable_of_shipped_model_matches_load_model() -> None:
     """examples/ethanol/model.pt (saved before the blocks existed, old state-dict keys): the eager
     model rebuilt from its spec gives the archive's energies and forces."""
     from mlsim.data import read
-    from mlsim.models import load_trainable
+    from mlsim.models._io import load_trainable
 
     path = ROOT / "examples" / "ethanol" / "model.pt"
     scripted = load_model(path)

@@ -300,7 +300,7 @@ def test_openmm_ml_create_system_and_unknown_element(tmp_path):
     eager = models.PaiNNModel([1, 6, 7, 8], cutoff=4.0, features=16, num_interactions=2).double()
     models.save_model(eager, path, spec={"architecture": "painn", "elements": [1, 6, 7, 8]})
     s = ethanol()  # the model knows N too; a structure without N is fine
-    from mlsim.openmm import topology_from_structure
+    from mlsim.openmm._system import topology_from_structure
 
     for backend in ("python", "torch"):
         system = MLPotential("mlsim", model=str(path), backend=backend).createSystem(

@@ -14,8 +14,10 @@ import torch
 import yaml
 
 from mlsim.data import Structure, write
-from mlsim.models import load_model, load_trainable
-from mlsim.train import evaluate, load_config, read_structures, train
+from mlsim.models import load_model
+from mlsim.models._io import load_trainable
+from mlsim.train import evaluate, load_config, train
+from mlsim.train._data import read_structures
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -222,7 +224,7 @@ def test_ensemble_training_gives_distinct_members(tiny) -> None:
     """ensemble: 2 trains two differently initialised members; model.pt exposes member_energies."""
     train(load_config(_config(tiny, "ens", ensemble=2, epochs=1)), progress=False)
     model = load_model(tiny / "ens" / "model.pt")
-    from mlsim.train import collate
+    from mlsim.train._batching import collate
 
     b = collate(read_structures(tiny / "test.extxyz"))
     members = model.member_energies(*b.inputs())
@@ -244,7 +246,7 @@ def test_config_errors_are_clear(tiny) -> None:
 
 def test_separate_validation_file_trains_on_the_whole_pool(tiny) -> None:
     """val_data: every pool structure trains and early stopping watches the other file."""
-    from mlsim.train import split_indices
+    from mlsim.train._data import split_indices
 
     write(tiny / "val.extxyz", _emt_structures(5, 2))
     cfg = load_config(_config(tiny, "valfile", val_data="val.extxyz", n_val=None, epochs=2))
@@ -513,6 +515,31 @@ def test_time_budget_before_lr_decay_warns(tiny, reference_run, capsys) -> None:
     assert "the cosine schedule over 50 epochs is less than half done" in cos_warning
 
 
+@pytest.mark.parametrize("clock", ["wall", "cpu"])
+def test_time_budget_clock_counts_wall_or_cpu_time(tiny, clock) -> None:
+    """Time spent waiting (another job has the core) counts against a wall budget, not a CPU one."""
+    import time
+
+    from mlsim.train import Callback
+
+    class Waits(Callback):
+        """Sleeps after every batch: wall time passes, this process uses no CPU."""
+
+        def on_batch_end(self, trainer, loss) -> None:  # noqa: ANN001
+            time.sleep(0.25)
+
+    cfg = load_config(
+        _config(tiny, f"clock_{clock}", time_budget_min=0.5 / 60, epochs=4, time_budget_clock=clock)
+    )
+    summary = train(cfg, callbacks=[Waits()], progress=False)
+    if clock == "wall":  # every epoch sleeps past the 0.5 s budget: one epoch
+        assert summary["stop_reason"] == "time_budget" and summary["epochs"] == 1
+        assert summary["train_time_s"] >= 0.5
+    else:  # the sleeps are not CPU time: the tiny epochs fit the budget, all four run
+        assert summary["stop_reason"] != "time_budget" and summary["epochs"] == 4
+        assert summary["train_time_s"] < 0.5
+
+
 @pytest.mark.parametrize("ext", ["extxyz", "extxyz.gz", "npz", "db", "traj"])
 def test_data_file_check_accepts_every_format_and_names_the_key(tmp_path, ext) -> None:
     """The pre-training check reads every format mlsim writes and rejects garbage, naming the key."""
@@ -569,7 +596,8 @@ def test_float64_training_exports_a_float64_model(tiny, reference_run) -> None:
     import copy
 
     from mlsim.models import compute_properties
-    from mlsim.train import Callback, collate
+    from mlsim.train import Callback
+    from mlsim.train._batching import collate
 
     trained = {}
 

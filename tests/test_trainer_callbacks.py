@@ -17,8 +17,8 @@ import torch
 
 from mlsim.data import Structure, write
 from mlsim.models import load_metadata
-from mlsim.train import Callback, Trainer, collate, default_callbacks, load_config, predict, train
-from mlsim.train._batching import PackedStructures
+from mlsim.train import Callback, Trainer, default_callbacks, load_config, predict, train
+from mlsim.train._batching import PackedStructures, collate
 from mlsim.train._data import _pack_file
 from mlsim.train._evaluate import predict_share
 
@@ -207,7 +207,7 @@ def _periodic(n: int, seed: int) -> list[Structure]:
 @pytest.mark.parametrize("periodic", [False, True])
 def test_packed_batches_equal_batches_of_the_structures(tmp_path, ext, periodic) -> None:
     """Every format, streamed into packed files, gives the batches and labels of mlsim.data.read."""
-    from mlsim.train import read_structures
+    from mlsim.train._data import read_structures
 
     path = tmp_path / f"s.{ext}"
     write(path, _periodic(6, 1) if periodic else test_train._emt_structures(6, 4))
@@ -232,7 +232,7 @@ def test_packed_batches_equal_batches_of_the_structures(tmp_path, ext, periodic)
 
 def test_packing_an_unusual_extxyz_falls_back_to_the_strict_reader(tmp_path) -> None:
     """A file the fast stream does not handle is read by mlsim.data.read: accepted or named exactly."""
-    from mlsim.train import read_structures
+    from mlsim.train._data import read_structures
 
     good = tmp_path / "nonewline.extxyz"
     write(good, test_train._emt_structures(3, 6))
@@ -253,8 +253,8 @@ def test_packing_an_unusual_extxyz_falls_back_to_the_strict_reader(tmp_path) -> 
 
 def test_sharded_prediction_sums_to_the_full_prediction(tiny, reference_run) -> None:
     """Validation under torchrun: each rank predicts every world-th batch; the sum is predict()."""
-    from mlsim.models import load_trainable
-    from mlsim.train import read_structures
+    from mlsim.models._io import load_trainable
+    from mlsim.train._data import read_structures
 
     # The eager model: TorchScript's profiling executor may change float results between calls.
     model = load_trainable(reference_run / "model.pt")[0]

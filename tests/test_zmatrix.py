@@ -11,18 +11,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlsim.propagators import (
-    MolecularGraph,
-    Propagator,
-    PropagatorConfig,
-    Target,
-    TargetHMC,
-    atom_features,
-    build_zmatrix,
-    perceive_bonds,
-    run_propagator_chain,
-    torsion_features,
-)
+from mlsim.propagators import Propagator, run_propagator_chain
+from mlsim.propagators._graph import MolecularGraph, perceive_bonds
+from mlsim.propagators._hmc import TargetHMC
+from mlsim.propagators._layout import atom_features, build_zmatrix, torsion_features
+from mlsim.propagators._model import PropagatorConfig
+from mlsim.propagators._target import Target
 
 Chem = pytest.importorskip("rdkit.Chem")
 from rdkit.Chem import AllChem  # noqa: E402
@@ -43,7 +37,7 @@ SMILES = {
 @functools.cache
 def _embedded(smiles: str) -> tuple[MolecularGraph, np.ndarray]:
     """RDKit graph and four ETKDG conformers (4, n, 3) Angstrom, with a fixed seed."""
-    from mlsim.propagators import graph_from_rdkit
+    from mlsim.propagators._graph import graph_from_rdkit
 
     mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
     params = AllChem.ETKDGv3()
@@ -163,8 +157,9 @@ def test_alanine_automatic_zmatrix_finds_the_soft_torsions() -> None:
     torsions (phi, psi, three methyl rotors) as the hand-written alanine Z-matrix; amide omega
     bonds are not rotatable."""
     pytest.importorskip("openmm")
-    from mlsim.propagators import graph_from_topology
-    from mlsim.testsystems import ALANINE_SOFT_ROWS, alanine_dipeptide, alanine_zmatrix
+    from mlsim.propagators._graph import graph_from_topology
+    from mlsim.testsystems import alanine_dipeptide
+    from mlsim.testsystems._alanine import ALANINE_SOFT_ROWS, alanine_zmatrix
 
     mol = alanine_dipeptide("vacuum", None)
     graph = graph_from_topology(mol.topology)

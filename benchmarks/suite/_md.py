@@ -49,7 +49,7 @@ Runner = Callable[[int], None]  # runner(steps): advance that many MD steps (or 
 # --- alanine dipeptide: Amber14 vs mlsim in OpenMM Langevin MD -----------------------------------
 def langevin_speed(
     system: Any,
-    positions_nm: Any,
+    positions: Any,
     dt_fs: float,
     threads: int = 1,
     platform: str = "CPU",
@@ -58,19 +58,24 @@ def langevin_speed(
     max_steps: int = 1_000_000,
     temperature_k: float = 300.0,
 ) -> dict[str, Any]:
-    """Run Langevin MD and return steps/s and ns/day, timing whole step() calls after a warm-up."""
-    import openmm
-    from openmm import unit
+    """Run Langevin MD from positions (n, 3) in Angstrom; steps/s and ns/day of whole step() calls.
 
-    integrator = openmm.LangevinMiddleIntegrator(
-        temperature_k * unit.kelvin, 1.0 / unit.picosecond, dt_fs * unit.femtoseconds
+    Timing starts after a warm-up.
+    """
+    from mlsim.openmm._engine import (
+        degrees_of_freedom,
+        langevin_integrator,
+        make_context,
+        potential_energy_of,
+        set_positions,
+        set_velocities,
+        temperature_of,
     )
-    integrator.setRandomNumberSeed(1)
-    plat = openmm.Platform.getPlatformByName(platform)
-    props = {"Threads": str(threads)} if platform == "CPU" else {}
-    context = openmm.Context(system, integrator, plat, props)
-    context.setPositions(positions_nm)
-    context.setVelocitiesToTemperature(temperature_k * unit.kelvin, 1)
+
+    integrator = langevin_integrator(dt_fs, temperature_k, 1.0, seed=1)
+    context = make_context(system, integrator, platform, threads=threads)
+    set_positions(context, positions)
+    set_velocities(context, temperature_k, seed=1)
     # The first steps pay for kernel compilation and TorchScript's profiling re-optimisation.
     integrator.step(warmup_steps)
     steps, chunk = 0, 10
@@ -84,16 +89,11 @@ def langevin_speed(
         chunk = min(chunk * 2, 2000)
     elapsed = time.perf_counter() - start
     state = context.getState(getEnergy=True)
-    epot = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
-    ekin = state.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole)
+    epot = float(units.energy_to_openmm(potential_energy_of(state)))  # kJ/mol, as reported
     if not math.isfinite(epot):
         raise RuntimeError(f"MD blew up: potential energy {epot} after {steps} steps")
     # Instantaneous temperature: a sanity check that the timed trajectory stayed physical.
-    dof = 3 * system.getNumParticles() - system.getNumConstraints()
-    if any(isinstance(f, openmm.CMMotionRemover) for f in system.getForces()):
-        dof -= 3
-    r_gas = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
-    temp = 2.0 * ekin / (dof * r_gas)
+    temp = temperature_of(state, degrees_of_freedom(system))
     sps = steps / elapsed
     return {
         "platform": platform,
@@ -143,7 +143,7 @@ def run_alanine(
         "label": "Amber14 (vacuum, flexible, 1 fs)",
         "status": "ok",
         **langevin_speed(
-            flexible.system, flexible.positions_nm, 1.0, threads, min_seconds=min_seconds
+            flexible.system, flexible.positions, 1.0, threads, min_seconds=min_seconds
         ),
     }
     log("amber14, HBonds constraints, 2 fs")
@@ -151,7 +151,7 @@ def run_alanine(
     runs["amber14_hbonds"] = {
         "label": "Amber14 (vacuum, HBonds, 2 fs)",
         "status": "ok",
-        **langevin_speed(hb.system, hb.positions_nm, 2.0, threads, min_seconds=min_seconds),
+        **langevin_speed(hb.system, hb.positions, 2.0, threads, min_seconds=min_seconds),
     }
     if ml_system_factory is None:
         runs["mlsim"] = {"status": "skipped", "reason": "not requested"}
@@ -162,7 +162,7 @@ def run_alanine(
                 log(label)
                 try:
                     res = langevin_speed(
-                        ml_system, flexible.positions_nm, 1.0, threads, min_seconds=min_seconds
+                        ml_system, flexible.positions, 1.0, threads, min_seconds=min_seconds
                     )
                     runs[key] = {"label": label, "status": "ok", **res}
                 except Exception as exc:  # e.g. OpenMM NaN error from a bad model: report it
@@ -255,17 +255,12 @@ def openmm_runner(
     model: Any, s: Structure, backend: str, outputs_forces: bool, threads: int = 1
 ) -> Runner:
     """n VerletIntegrator steps (0.5 fs) on OpenMM's CPU platform."""
-    import openmm
-
     from mlsim.openmm import create_system
+    from mlsim.openmm._engine import make_context, set_positions, verlet_integrator
 
     system = create_system(model, s, backend=backend, outputs_forces=outputs_forces)
-    integ = openmm.VerletIntegrator(units.time_to_openmm(0.5))
-    plat = openmm.Platform.getPlatformByName("CPU")
-    ctx = openmm.Context(system, integ, plat, {"Threads": str(threads)})
-    if s.periodic:
-        ctx.setPeriodicBoxVectors(*units.positions_to_openmm(s.cell))
-    ctx.setPositions(units.positions_to_openmm(s.positions))
+    ctx = make_context(system, verlet_integrator(0.5), "CPU", threads=threads)
+    set_positions(ctx, s.positions, s.cell if s.periodic else None)
 
     def run(steps: int) -> None:
         """Advance `steps` MD steps."""

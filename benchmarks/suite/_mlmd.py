@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from mlsim import units
 from mlsim.data import Structure
 from suite._methods import CHARGE, SPIN, Skipped
 from suite._paths import shown
@@ -29,22 +28,24 @@ def sample_frames(
     ms: Any, n_frames: int, stride: int = 50, temperature_k: float = 500.0, seed: int = 3
 ) -> list[Structure]:
     """Sample n_frames geometries from Amber14 Langevin MD (hot, for diverse training data)."""
-    import openmm
-    from openmm import unit
-
-    integ = openmm.LangevinMiddleIntegrator(
-        temperature_k * unit.kelvin, 1.0 / unit.picosecond, 1.0 * unit.femtoseconds
+    from mlsim.openmm._engine import (
+        langevin_integrator,
+        make_context,
+        positions_of,
+        set_positions,
+        set_velocities,
     )
-    integ.setRandomNumberSeed(seed)
-    ctx = openmm.Context(ms.system, integ, openmm.Platform.getPlatformByName("Reference"))
-    ctx.setPositions(ms.positions_nm)
-    ctx.setVelocitiesToTemperature(temperature_k * unit.kelvin, seed)
+
+    integ = langevin_integrator(1.0, temperature_k, 1.0, seed)
+    ctx = make_context(ms.system, integ, "Reference")
+    set_positions(ctx, ms.positions)
+    set_velocities(ctx, temperature_k, seed)
     numbers = np.array([a.element.atomic_number for a in ms.topology.atoms()])
     frames = []
     for _ in range(n_frames):
         integ.step(stride)
-        x = ctx.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-        frames.append(Structure(numbers=numbers, positions=units.positions_from_openmm(x)))
+        x = positions_of(ctx.getState(getPositions=True))
+        frames.append(Structure(numbers=numbers, positions=x))
     return frames
 
 
@@ -53,7 +54,8 @@ def ml_systems(ms: Any, model_path: Path, name: str | None = None) -> MLSystems:
     import openmm
 
     try:
-        from mlsim.openmm import BACKENDS, create_force
+        from mlsim.openmm import create_force
+        from mlsim.openmm._forces import BACKENDS
     except ImportError as exc:
         raise Skipped(f"mlsim.openmm (TorchForce/PythonForce export) not available: {exc}") from exc
     numbers = [a.element.atomic_number for a in ms.topology.atoms()]

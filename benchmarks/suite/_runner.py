@@ -30,6 +30,7 @@ from suite._methods import (
     Method,
     Skipped,
     dft_method,
+    gaff2_method,
     mlsim_method,
     openmm_forcefield_method,
     rdkit_method,
@@ -251,21 +252,9 @@ def _factories(cfg: BenchConfig, structures: list[Structure], with_dft: bool) ->
         "mmff94": rdkit("MMFF94"),
         "uff": rdkit("UFF"),
         "charmm36": lambda: openmm_forcefield_method(_rdkit_template(structures)),
-        "gaff": _gaff,
+        "gaff": lambda: gaff2_method(_rdkit_template(structures)),
         "dft": dft,
     }
-
-
-def _gaff() -> Method:
-    """GAFF via openmmforcefields needs antechamber (AmberTools) and the OpenFF toolkit: skipped."""
-    # Checked with `pip download --no-deps`: openmmforcefields 0.15.1 is on PyPI, but its
-    # GAFFTemplateGenerator types atoms with antechamber and charges them (AM1-BCC) through
-    # openff-toolkit; neither openff-toolkit nor an official AmberTools wheel is on PyPI.
-    raise Skipped(
-        "GAFF needs openmmforcefields' GAFFTemplateGenerator, which needs the OpenFF toolkit and "
-        "AmberTools' antechamber/sqm (AM1-BCC charges); both are conda-only, not on PyPI. "
-        "CHARMM36/CGenFF (shipped with OpenMM) is the biomolecular force field compared instead"
-    )
 
 
 def _part_accuracy(cfg: BenchConfig) -> dict[str, Any]:

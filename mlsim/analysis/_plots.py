@@ -66,7 +66,7 @@ def plot_ramachandran(
     cx, cy = 0.5 * (ex[1:] + ex[:-1]), 0.5 * (ey[1:] + ey[:-1])
     cs = ax.contourf(cx, cy, np.minimum(f, fmax_kt).T, levels=np.linspace(0, fmax_kt, 17))
     fig.colorbar(cs, ax=ax, label="free energy (kT)")
-    # The state boundaries of mlsim.analysis.alanine_state_labels, for orientation.
+    # The state boundaries of alanine_state_labels (mlsim.analysis._states), for orientation.
     ax.axvline(0, color="w", lw=0.6, ls="--")
     ax.axvline(120, color="w", lw=0.6, ls="--")
     for v in (0, 120, -120):

@@ -6,7 +6,10 @@ import argparse
 import json
 
 NAME = "evaluate"
-HELP = "Evaluate a model.pt on labelled data: energy MAE/RMSE per atom, force MAE/RMSE."
+HELP = (
+    "Evaluate a model.pt on labelled data: energy MAE/RMSE per atom, force MAE/RMSE, and stress "
+    "MAE/RMSE where the data carry stresses."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,8 +50,10 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     # mlsim.data.read directly (not train.read_structures): an npz needs its units passed on.
     structures = list(read(args.data, energy_unit=args.energy_unit, length_unit=args.length_unit))
-    if not any(s.energy is not None or s.forces is not None for s in structures):
-        raise ValueError(f"{args.data} has no energy or force labels to compare with")
+    if not any(
+        s.energy is not None or s.forces is not None or s.stress is not None for s in structures
+    ):
+        raise ValueError(f"{args.data} has no energy, force or stress labels to compare with")
     metrics = evaluate(model, structures, batch_size=args.batch_size, progress=not args.no_progress)
     if hasattr(model, "member_energies"):
         metrics["uncertainty"] = _uncertainty(model, structures, args)
@@ -69,6 +74,15 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"force  MAE {m['force_mae_meV_per_A']} meV/A     RMSE {m['force_rmse_meV_per_A']} meV/A"
         )
+        if metrics["stress_mae_meV_per_A3"] is not None:
+            from ase.units import GPa
+
+            gpa = 1e-3 / GPa  # 1 meV/A^3 in GPa
+            print(
+                f"stress MAE {m['stress_mae_meV_per_A3']} meV/A^3   RMSE "
+                f"{m['stress_rmse_meV_per_A3']} meV/A^3 (MAE "
+                f"{metrics['stress_mae_meV_per_A3'] * gpa:.3f} GPa)"
+            )
         u = metrics.get("uncertainty")
         if u:
             c = u["calibration"]

@@ -145,9 +145,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     mlmm.add_argument(
         "--water",
-        choices=["tip3p", "tip3pfb", "opc3", "spce"],
+        choices=["tip3p", "tip3pfb", "opc", "opc3", "spce", "tip4pew"],
         default="tip3p",
-        help="water model",
+        help="water model (opc and tip4pew: 4-site, with a massless virtual site per water)",
     )
     mlmm.add_argument(
         "--protein-ff", choices=["ff14sb", "ff19sb"], default="ff14sb", help="protein force field"

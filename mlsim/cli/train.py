@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, train, print the summary as JSON."""
-    from mlsim.train import OutputWriteError, load_config, train
+    from mlsim.train import load_config, train
+    from mlsim.train._outputs import OutputWriteError
 
     overrides = {}
     if args.output:

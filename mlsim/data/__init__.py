@@ -9,29 +9,16 @@
 Everything is in ASE units (Angstrom, eV, eV/A); npz files take explicit units.
 """
 
-from mlsim.data._backends import (
-    AseLabeller,
-    LabelFailure,
-    PySCFLabeller,
-    make_calculator,
-    make_labeller,
-)
+from mlsim.data._backends import make_calculator, make_labeller
 from mlsim.data._dataset import Dataset
-from mlsim.data._executors import ExecutorError
 from mlsim.data._io import read, write
-from mlsim.data._label import LabelSummary, label
+from mlsim.data._label import label
 from mlsim.data._sample import sample, sample_trajectory
 from mlsim.data._shipped import ethanol_path
 from mlsim.data._structure import Structure
-from mlsim.data._validate import validate_structure
 
 __all__ = [
-    "AseLabeller",
     "Dataset",
-    "ExecutorError",
-    "LabelFailure",
-    "LabelSummary",
-    "PySCFLabeller",
     "Structure",
     "ethanol_path",
     "label",
@@ -40,6 +27,5 @@ __all__ = [
     "read",
     "sample",
     "sample_trajectory",
-    "validate_structure",
     "write",
 ]

@@ -91,16 +91,7 @@ def sample(
     s0 = start if isinstance(start, Structure) else Structure.from_atoms(start)
     n_eq = int(round(equilibration_fs / timestep_fs))
     out: list[Structure] = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(
-            total=len(temperatures) * (n_eq + n_frames * every),
-            desc="sample MD",
-            unit="step",
-            file=sys.stderr,
-        )
+    bar = _progress_bar(len(temperatures) * (n_eq + n_frames * every), "sample MD", progress)
     for k, temp in enumerate(temperatures):
         rng = np.random.default_rng([seed, k])
         atoms = s0.to_atoms()
@@ -253,6 +244,17 @@ def _sample_openmm(
     from openmm import app, unit
 
     from mlsim import units
+    from mlsim.openmm._engine import (
+        box_of,
+        get_platform,
+        langevin_integrator,
+        make_context,
+        positions_of,
+        potential_energy_of,
+        set_barostat,
+        set_positions,
+        set_velocities,
+    )
 
     _check_temperatures(temperatures, n_frames, every)
     if timestep_fs <= 0 or friction_per_fs <= 0:
@@ -288,55 +290,32 @@ def _sample_openmm(
     if len(numbers) != len(pos0):
         raise ValueError("the force field added virtual sites; use a 3-site water model")
     name = "+".join(forcefield) + (" (rigid water)" if rigid_water else " (flexible water)")
-    dt = units.time_to_openmm(timestep_fs) * unit.picosecond
-    friction = friction_per_fs * units.FS_PER_PS / unit.picosecond
-    try:
-        plat = openmm.Platform.getPlatformByName(platform)
-    except openmm.OpenMMException as exc:
-        raise ValueError(f"OpenMM platform {platform!r} is not available") from exc
+    friction_per_ps = friction_per_fs * units.FS_PER_PS
+    get_platform(platform)  # a bad name fails before any work
     n_eq = int(round(equilibration_fs / timestep_fs))
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(
-            total=len(temperatures) * (n_eq + n_frames * every),
-            desc="sample MD (OpenMM)",
-            unit="step",
-            file=sys.stderr,
-        )
+    total = len(temperatures) * (n_eq + n_frames * every)
+    bar = _progress_bar(total, "sample MD (OpenMM)", progress)
     out: list[Structure] = []
     for k, temp in enumerate(temperatures):
         if pressure_bar is not None:
-            for i in reversed(range(system.getNumForces())):
-                if isinstance(system.getForce(i), openmm.MonteCarloBarostat):
-                    system.removeForce(i)
-            system.addForce(
-                openmm.MonteCarloBarostat(pressure_bar * unit.bar, temp * unit.kelvin, 25)
-            )
-        integ = openmm.LangevinMiddleIntegrator(temp * unit.kelvin, friction, dt)
-        integ.setRandomNumberSeed(int(np.random.default_rng([seed, k]).integers(1, 2**30)))
-        ctx = openmm.Context(system, integ, plat)
-        if periodic:
-            ctx.setPeriodicBoxVectors(*units.positions_to_openmm(cell0))
-        ctx.setPositions(units.positions_to_openmm(pos0))
+            set_barostat(system, pressure_bar, temp, 25)
+        integ_seed = int(np.random.default_rng([seed, k]).integers(1, 2**30))
+        integ = langevin_integrator(timestep_fs, temp, friction_per_ps, integ_seed)
+        ctx = make_context(system, integ, platform)
+        set_positions(ctx, pos0, cell0 if periodic else None)
         # A freshly built box (Modeller.addSolvent, packmol) has clashes that would blow up the
         # first steps; a short minimisation removes them (equilibration does the rest).
         openmm.LocalEnergyMinimizer.minimize(ctx, 10.0, 500)
-        ctx.setVelocitiesToTemperature(temp * unit.kelvin, int(seed * 1000 + k + 1))
+        set_velocities(ctx, temp, int(seed * 1000 + k + 1))
         _openmm_steps(integ, n_eq, bar)
         for f in range(n_frames):
             _openmm_steps(integ, every, bar)
             st = ctx.getState(getPositions=True, getEnergy=True)
-            pos = units.positions_from_openmm(np.asarray(st.getPositions(asNumpy=True)._value))
+            pos = positions_of(st)
             if not np.isfinite(pos).all():
                 raise RuntimeError(f"MD at {temp} K exploded (non-finite positions) at frame {f}")
-            cell = None
-            if periodic:
-                cell = units.positions_from_openmm(
-                    np.asarray(st.getPeriodicBoxVectors(asNumpy=True)._value)
-                )
-            e_ev = float(units.energy_from_openmm(st.getPotentialEnergy()._value))
+            cell = box_of(st) if periodic else None
+            e_ev = potential_energy_of(st)
             out.append(
                 Structure(
                     numbers=numbers,
@@ -359,6 +338,15 @@ def _sample_openmm(
     if bar is not None:
         bar.close()
     return Dataset(out)
+
+
+def _progress_bar(total: int, desc: str, progress: bool) -> Any:
+    """A tqdm bar over `total` MD steps on stderr, or None without progress."""
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", file=sys.stderr)
 
 
 def _openmm_steps(integrator: Any, steps: int, bar: Any) -> None:

@@ -7,59 +7,50 @@ file that `openmmtorch.TorchForce` loads in a pure C++ deployment, and `run_md` 
 simulation with reporters, checkpoints and blow-up detection (the `mlsim md` command);
 `UncertaintyReporter` logs a committee's spread in any OpenMM script and stops above a threshold.
 `build_mlmm_system` solvates a ligand (GAFF2/AM1-BCC from AmberTools) alone or in a protein and
-makes it ML (mechanical embedding); `run_mlmm` equilibrates and runs it.
+makes it ML (mechanical embedding); `run_mlmm` equilibrates and runs it. The building blocks
+(the MD engine layer `_engine`, GAFF parameterisation, the model wrappers) stay importable from
+their private modules.
+
+Each name is imported on first use, so `import mlsim.openmm` (and the engine layer, which
+sampling and the test systems use) does not load torch until a model is involved.
 """
 
-from mlsim.openmm._forces import (
-    BACKENDS,
-    DEFAULT_BACKEND,
-    ModelCallback,
-    create_force,
-    export_torchforce,
-    import_openmmtorch,
-)
-from mlsim.openmm._gaff import (
-    AmberToolsError,
-    GaffTemplate,
-    Ligand,
-    ambertools_available,
-    parameterize_ligand,
-    read_ligand,
-)
-from mlsim.openmm._md import MDResult, SimulationBlowUp, reference_energy, run_md
-from mlsim.openmm._mlmm import MLMMSystem, build_mlmm_system, equilibrate, run_mlmm
-from mlsim.openmm._module import OpenMMEnergy, OpenMMEnergyForces, check_elements
-from mlsim.openmm._openmmml import MLSimPotentialImplFactory
-from mlsim.openmm._system import create_system, topology_from_structure
-from mlsim.openmm._uncertainty import UncertaintyExceeded, UncertaintyReporter
+from __future__ import annotations
 
-__all__ = [
-    "AmberToolsError",
-    "BACKENDS",
-    "DEFAULT_BACKEND",
-    "GaffTemplate",
-    "Ligand",
-    "MDResult",
-    "MLMMSystem",
-    "MLSimPotentialImplFactory",
-    "ModelCallback",
-    "OpenMMEnergy",
-    "OpenMMEnergyForces",
-    "SimulationBlowUp",
-    "UncertaintyExceeded",
-    "UncertaintyReporter",
-    "ambertools_available",
-    "build_mlmm_system",
-    "check_elements",
-    "create_force",
-    "create_system",
-    "equilibrate",
-    "export_torchforce",
-    "import_openmmtorch",
-    "parameterize_ligand",
-    "read_ligand",
-    "reference_energy",
-    "run_md",
-    "run_mlmm",
-    "topology_from_structure",
-]
+import importlib
+from typing import Any
+
+# name -> private module that defines it
+_API = {
+    "MDResult": "_md",
+    "MLMMSystem": "_mlmm",
+    "SimulationBlowUp": "_md",
+    "UncertaintyExceeded": "_uncertainty",
+    "UncertaintyReporter": "_uncertainty",
+    "build_mlmm_system": "_mlmm",
+    "create_force": "_forces",
+    "create_system": "_system",
+    "export_torchforce": "_forces",
+    "import_openmmtorch": "_forces",
+    "parameterize_ligand": "_gaff",
+    "read_ligand": "_gaff",
+    "run_md": "_md",
+    "run_mlmm": "_mlmm",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its private module on first use."""
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The public names, for tab completion."""
+    return sorted(__all__)

@@ -56,6 +56,8 @@ GAFF_ELEMENTS = frozenset({1, 6, 7, 8, 9, 15, 16, 17, 35, 53})
 # same, and OpenMM refuses to merge NonbondedForce blocks whose scales differ.
 COULOMB14 = 1.0 / 1.2
 LJ14 = 0.5
+# MOL2 partial charges (6 decimals) add up to the net charge within this (e); more is an error.
+_MOL2_CHARGE_TOLERANCE = 0.01
 # A template reproduces its prmtop to round-off: anything beyond this is a conversion bug.
 _CHECK_RTOL = 1e-6
 _CHECK_ATOL_KJ = 1e-3
@@ -79,6 +81,7 @@ class Ligand:
     source: Path
     residue_name: str = "LIG"
     mol: Any = field(default=None, repr=False)  # the RDKit molecule (explicit hydrogens)
+    charges: np.ndarray | None = None  # (n,) partial charges (e) from a MOL2 file, file order
 
     def __len__(self) -> int:
         return len(self.numbers)
@@ -209,8 +212,12 @@ def _sqm_tail(cwd: Path) -> str:
 # --- reading ligands ----------------------------------------------------------------------------
 
 
-def _read_rdkit(path: Path, charge: int | None) -> Any:
-    """The first molecule of an SDF/MOL, MOL2 or PDB file, hydrogens kept, with bond orders."""
+def _read_rdkit(path: Path, charge: int | None, mol2: _Mol2 | None = None) -> Any:
+    """The first molecule of an SDF/MOL, MOL2 or PDB file, hydrogens kept, with bond orders.
+
+    `mol2`: the parsed MOL2 file (read_ligand parses it first); one with GAFF atom types, which
+    RDKit cannot read, is built from its elements and bonds like a PDB file.
+    """
     from rdkit import Chem, RDLogger
 
     RDLogger.DisableLog("rdApp.*")  # the errors below say what went wrong, in our words
@@ -220,7 +227,16 @@ def _read_rdkit(path: Path, charge: int | None) -> Any:
             supplier = Chem.SDMolSupplier(str(path), removeHs=False, sanitize=True)
             mol = next(iter(supplier), None) if len(supplier) else None
         elif suffix == ".mol2":
-            mol = Chem.MolFromMol2File(str(path), removeHs=False, sanitize=True)
+            mol2 = mol2 or _parse_mol2(path)
+            if mol2.gaff_types:
+                mol = _mol_from_gaff_mol2(mol2, path, charge)
+            else:
+                mol = Chem.MolFromMol2File(str(path), removeHs=False, sanitize=True)
+                if mol is not None and mol.GetNumAtoms() != len(mol2.numbers):
+                    raise ValueError(
+                        f"ligand {path}: RDKit read {mol.GetNumAtoms()} atoms, the file lists "
+                        f"{len(mol2.numbers)}"
+                    )
         elif suffix in (".pdb", ".ent"):
             mol = Chem.MolFromPDBFile(str(path), removeHs=False, sanitize=False)
             if mol is not None:
@@ -261,6 +277,135 @@ def _pdb_bond_orders(mol: Any, path: Path, charge: int | None) -> Any:
     return mol
 
 
+# --- MOL2 ---------------------------------------------------------------------------------------
+
+# MOL2 charge types that mean "no partial charges in the last column".
+_NO_CHARGES = {"no_charges", "no charge or current charge"}
+
+
+@dataclass
+class _Mol2:
+    """The first molecule of a MOL2 file, as written: atoms, types, charges, bonds."""
+
+    names: list[str]
+    types: list[str]
+    numbers: np.ndarray  # (n,) atomic numbers from the atom types
+    positions: np.ndarray  # (n, 3) Angstrom
+    charges: np.ndarray | None  # (n,) e; None when the file has none (or only zeros)
+    bonds: list[tuple[int, int]]
+    gaff_types: bool  # GAFF/GAFF2 types (lower case: c3, ha, os...), not Tripos/SYBYL ones
+
+
+def _element_of_type(atom_type: str, gaff: bool) -> int:
+    """Atomic number of a MOL2 atom type: SYBYL 'C.ar', 'Cl', 'N.4' or GAFF(2) 'ca', 'cl', 'n4'."""
+    from ase.data import atomic_numbers
+
+    if gaff:
+        head = atom_type[:2] if atom_type[:2] in ("cl", "br") else atom_type[:1]
+        symbol = head.capitalize()
+        if symbol not in {"H", "C", "N", "O", "F", "P", "S", "Cl", "Br", "I"}:
+            return 0
+    else:
+        symbol = atom_type.split(".")[0]
+    return int(atomic_numbers.get(symbol, 0))
+
+
+def _parse_mol2(path: Path) -> _Mol2:
+    """Parse the first @<TRIPOS>MOLECULE of a MOL2 file; ValueError naming the line if malformed."""
+    sections: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    current = None
+    n_molecules = 0
+    for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        if line.startswith("@<TRIPOS>"):
+            current = line[9:].strip().upper()
+            if current == "MOLECULE":
+                n_molecules += 1
+                if n_molecules > 1:
+                    break  # the first molecule only, as for SDF
+            continue
+        if current and line.strip() and not line.lstrip().startswith("#"):
+            sections[current].append((lineno, line))
+    if not sections["ATOM"]:
+        raise ValueError(f"ligand {path}: no @<TRIPOS>ATOM section (not a MOL2 file?)")
+    header = [ln for _, ln in sections["MOLECULE"]]
+    charge_type = header[3].strip().lower() if len(header) > 3 else "no_charges"
+    names, types, xyz, charges = [], [], [], []
+    for lineno, line in sections["ATOM"]:
+        parts = line.split()
+        try:
+            xyz.append([float(v) for v in parts[2:5]])
+            names.append(parts[1])
+            types.append(parts[5])
+            charges.append(float(parts[8]) if len(parts) > 8 else 0.0)
+        except (IndexError, ValueError):
+            raise ValueError(
+                f"ligand {path}, line {lineno}: not a MOL2 atom line (id name x y z type "
+                f"[subst_id subst_name charge]): {line.strip()!r}"
+            ) from None
+    # GAFF types are lower case (c3, hc, os); SYBYL ones start upper case (C.3, H, O.co2, Cl).
+    gaff = all(t[:1].islower() for t in types)
+    numbers = np.array([_element_of_type(t, gaff) for t in types], dtype=np.int64)
+    unknown = [f"{k} ({names[k]}: {types[k]!r})" for k in np.flatnonzero(numbers == 0)]
+    if unknown:
+        raise ValueError(
+            f"ligand {path}: unknown atom types for atoms {', '.join(unknown[:6])}; a MOL2 file "
+            "needs Tripos/SYBYL (C.3, N.ar, ...) or GAFF/GAFF2 (c3, na, ...) atom types"
+        )
+    bonds = []
+    for lineno, line in sections["BOND"]:
+        parts = line.split()
+        try:
+            i, j = int(parts[1]) - 1, int(parts[2]) - 1
+        except (IndexError, ValueError):
+            raise ValueError(f"ligand {path}, line {lineno}: not a MOL2 bond line") from None
+        if not (0 <= i < len(names) and 0 <= j < len(names)):
+            raise ValueError(f"ligand {path}, line {lineno}: bond to an atom that is not listed")
+        bonds.append((i, j))
+    q = np.array(charges, dtype=float)
+    has_charges = charge_type not in _NO_CHARGES and bool(np.any(q != 0.0))
+    if has_charges and abs(q.sum() - round(q.sum())) > _MOL2_CHARGE_TOLERANCE:
+        raise ValueError(
+            f"ligand {path}: its partial charges add up to {q.sum():+.4f} e, not to a whole net "
+            "charge; fix the charges (or leave them out to get AM1-BCC ones)"
+        )
+    return _Mol2(
+        names=names,
+        types=types,
+        numbers=numbers,
+        positions=np.array(xyz, dtype=float),
+        charges=q if has_charges else None,
+        bonds=bonds,
+        gaff_types=gaff,
+    )
+
+
+def _mol_from_gaff_mol2(mol2: _Mol2, path: Path, charge: int | None) -> Any:
+    """An RDKit molecule from a GAFF-typed MOL2: elements, bonds, bond orders for the net charge.
+
+    antechamber writes GAFF MOL2 files with every bond order 1, so the orders are assigned as
+    for a PDB file, for `charge`, else the partial charges' sum rounded, else 0.
+    """
+    from rdkit import Chem
+    from rdkit.Geometry import Point3D
+
+    rw = Chem.RWMol()
+    for z in mol2.numbers:
+        atom = Chem.Atom(int(z))
+        atom.SetNoImplicit(True)
+        rw.AddAtom(atom)
+    for i, j in mol2.bonds:
+        rw.AddBond(i, j, Chem.BondType.SINGLE)
+    mol = rw.GetMol()
+    conf = Chem.Conformer(mol.GetNumAtoms())
+    for k, p in enumerate(mol2.positions):
+        conf.SetAtomPosition(k, Point3D(*p))
+    conf.Set3D(True)
+    mol.AddConformer(conf, assignId=True)
+    if charge is None and mol2.charges is not None:
+        charge = int(round(float(mol2.charges.sum())))
+    return _pdb_bond_orders(mol, path, charge)
+
+
 def _check_hydrogens_pdb(mol: Any, path: Path) -> None:
     """A PDB ligand without any hydrogen is missing them (no bond orders to tell otherwise)."""
     atoms = list(mol.GetAtoms())
@@ -291,7 +436,10 @@ def read_ligand(
     ValueError, naming the file and the atoms, for: missing hydrogens, radicals, several
     molecules in the file, elements GAFF2 has no types for, and a `charge` that disagrees with
     the formal charges in the file (PDB files have none: their bond orders are assigned for
-    `charge`, default 0).
+    `charge`, default 0). A MOL2 file may have Tripos/SYBYL or GAFF/GAFF2 atom types (antechamber
+    writes the latter, without bond orders: those are assigned for the net charge); its partial
+    charges, when it has any, become `Ligand.charges` (used instead of AM1-BCC by
+    parameterize_ligand) and must add up to the net charge.
     """
     from rdkit import Chem
 
@@ -300,7 +448,8 @@ def read_ligand(
         raise FileNotFoundError(f"ligand file not found: {path}")
     if not 1 <= len(residue_name) <= 3:
         raise ValueError(f"residue name {residue_name!r} must have 1-3 characters (PDB)")
-    mol = _read_rdkit(path, charge)
+    mol2 = _parse_mol2(path) if path.suffix.lower() == ".mol2" else None
+    mol = _read_rdkit(path, charge, mol2)
     from ase.data import chemical_symbols
 
     missing = [
@@ -347,6 +496,12 @@ def read_ligand(
             f"given (--ligand-charge) is {int(charge):+d}; fix the file's charges (or protonation) "
             "or the option"
         )
+    charges = mol2.charges if mol2 is not None else None
+    if charges is not None and abs(float(charges.sum()) - perceived) > _MOL2_CHARGE_TOLERANCE:
+        raise ValueError(
+            f"ligand {path}: its partial charges add up to {float(charges.sum()):+.4f} e, but the "
+            f"molecule's net charge is {perceived:+d}; fix the charges (or the protonation)"
+        )
     positions = np.asarray(mol.GetConformer().GetPositions(), dtype=float)
     bonds = [(b.GetBeginAtomIdx(), b.GetEndAtomIdx()) for b in mol.GetBonds()]
     return Ligand(
@@ -360,6 +515,7 @@ def read_ligand(
         source=path,
         residue_name=residue_name,
         mol=mol,
+        charges=charges,
     )
 
 
@@ -375,11 +531,18 @@ def default_cache_dir() -> Path:
 
 
 def _cache_key(ligand: Ligand, charge_method: str) -> str:
-    """InChIKey + net charge + charge method + AmberTools version, as a folder name."""
+    """InChIKey + net charge + charge method + AmberTools version, as a folder name.
+
+    Charges read from a MOL2 file add a hash of the charges (in file order) to the method.
+    """
     ident = ligand.inchikey or hashlib.sha256(ligand.smiles.encode()).hexdigest()[:27]
     q = f"q{ligand.net_charge:+d}".replace("+", "p").replace("-", "m")
     version = ambertools_version().replace("/", "_")
-    return f"{ident}_{q}_{charge_method}_at{version}"
+    method = charge_method
+    if charge_method == "mol2" and ligand.charges is not None:
+        micro = np.round(np.asarray(ligand.charges, dtype=float) * 1e6).astype(np.int64)
+        method += hashlib.sha256(micro.tobytes()).hexdigest()[:10]
+    return f"{ident}_{q}_{method}_at{version}"
 
 
 def _load_cached(folder: Path, key: str) -> GaffTemplate | None:
@@ -410,18 +573,35 @@ def _load_cached(folder: Path, key: str) -> GaffTemplate | None:
 def parameterize_ligand(
     ligand: Ligand,
     cache_dir: str | os.PathLike | None = None,
-    charge_method: str = "bcc",
+    charge_method: str | None = None,
     timeout: float | None = None,
     progress: bool = False,
 ) -> GaffTemplate:
-    """GAFF2 parameters and AM1-BCC charges for `ligand` (cached), as an OpenMM ForceField XML.
+    """GAFF2 parameters and partial charges for `ligand` (cached), as an OpenMM ForceField XML.
 
-    charge_method is antechamber's -c: "bcc" (AM1-BCC, default) or "gas" (Gasteiger: fast, for
-    tests). AmberToolsError names the program and shows its output when typing, charges or
-    parameters fail; timeout (s) bounds each program (default scales with the atom count).
+    charge_method: "mol2" (the charges a MOL2 file carried, `ligand.charges`: no AM1-BCC run),
+    "bcc" (AM1-BCC through antechamber and sqm) or "gas" (Gasteiger: fast, for tests); None
+    (default) is "mol2" when the ligand has charges, else "bcc". Atom types are always GAFF2 as
+    antechamber assigns them (a MOL2 file's own types are not used). AmberToolsError names the
+    program and shows its output when typing, charges or parameters fail; timeout (s) bounds
+    each program (default scales with the atom count).
     """
-    if charge_method not in ("bcc", "gas"):
-        raise ValueError(f"charge_method must be 'bcc' or 'gas', got {charge_method!r}")
+    if charge_method is None:
+        charge_method = "mol2" if ligand.charges is not None else "bcc"
+    if charge_method not in ("bcc", "gas", "mol2"):
+        raise ValueError(f"charge_method must be 'mol2', 'bcc' or 'gas', got {charge_method!r}")
+    if charge_method == "mol2":
+        if ligand.charges is None:
+            raise ValueError(
+                f"ligand {ligand.source}: charge_method 'mol2' needs partial charges from a MOL2 "
+                "file, and this ligand has none"
+            )
+        if progress:
+            print(
+                f"mlsim: ligand {ligand.source}: using its {len(ligand)} partial charges (sum "
+                f"{float(ligand.charges.sum()):+.4f} e); AM1-BCC skipped",
+                file=sys.stderr,
+            )
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     key = _cache_key(ligand, charge_method)
     folder = cache / key
@@ -441,8 +621,9 @@ def parameterize_ligand(
         _write_sdf(ligand, work / "input.sdf")
         t0 = time.perf_counter()
         if progress:
+            what_charges = "MOL2 file" if charge_method == "mol2" else charge_method.upper()
             print(
-                f"mlsim: GAFF2 + {charge_method.upper()} charges for {ligand.smiles} "
+                f"mlsim: GAFF2 + {what_charges} charges for {ligand.smiles} "
                 f"({len(ligand)} atoms, net charge {ligand.net_charge:+d}) with AmberTools...",
                 file=sys.stderr,
             )
@@ -458,8 +639,8 @@ def parameterize_ligand(
                     "ligand.mol2",
                     "-fo",
                     "mol2",
-                    "-c",
-                    charge_method,
+                    # Without -c antechamber only types the atoms (zero charges, set below).
+                    *(["-c", charge_method] if charge_method != "mol2" else []),
                     "-nc",
                     str(ligand.net_charge),
                     "-at",
@@ -470,13 +651,16 @@ def parameterize_ligand(
                     "y",
                 ],
                 work,
-                f"{what}: atom typing and {charge_method.upper()} charges",
+                f"{what}: atom typing"
+                + ("" if charge_method == "mol2" else f" and {charge_method.upper()} charges"),
                 timeout,
             )
         )
         t_charges = time.perf_counter() - t0
         if not (work / "ligand.mol2").is_file():
             raise AmberToolsError(f"{what}: antechamber wrote no ligand.mol2:\n{_tail(log[-1])}")
+        if charge_method == "mol2":
+            _set_mol2_charges(work / "ligand.mol2", ligand.charges)
         charge_fix = _neutralize_mol2(work / "ligand.mol2", ligand.net_charge)
         log.append(
             _run(
@@ -532,6 +716,11 @@ def parameterize_ligand(
         "net_charge": ligand.net_charge,
         "n_atoms": len(ligand),
         "charge_method": charge_method,
+        "charges": (
+            f"partial charges of {ligand.source} (MOL2), AM1-BCC skipped"
+            if charge_method == "mol2"
+            else f"{charge_method.upper()} from antechamber"
+        ),
         "atom_types": "gaff2",
         "ambertools": f"{AMBERTOOLS_PACKAGE} {ambertools_version()}",
         "made_from": str(ligand.source),
@@ -554,6 +743,33 @@ def parameterize_ligand(
     return done
 
 
+def _mol2_atom_rows(lines: list[str]) -> list[int]:
+    """Indices of the non-empty lines of the first @<TRIPOS>ATOM section."""
+    start = next(k for k, ln in enumerate(lines) if ln.startswith("@<TRIPOS>ATOM")) + 1
+    stop = next(
+        (k for k in range(start, len(lines)) if lines[k].startswith("@<TRIPOS>")), len(lines)
+    )
+    return [k for k in range(start, stop) if lines[k].strip()]
+
+
+def _replace_last_column(line: str, value: str) -> str:
+    """`line` with its last whitespace-separated field replaced by `value` (columns kept)."""
+    text = line.rstrip("\n")
+    head = text[: len(text.rstrip()) - len(text.rstrip().split()[-1])]
+    return f"{head}{value}\n"
+
+
+def _set_mol2_charges(path: Path, charges: np.ndarray) -> None:
+    """Write `charges` (e, atom order) into the charge column of antechamber's MOL2 file."""
+    lines = path.read_text().splitlines(keepends=True)
+    rows = _mol2_atom_rows(lines)
+    if len(rows) != len(charges):
+        raise AmberToolsError(f"{path}: antechamber wrote {len(rows)} atoms, not {len(charges)}")
+    for k, q in zip(rows, charges, strict=True):
+        lines[k] = _replace_last_column(lines[k], f"{float(q):.6f}")
+    write_text(path, "".join(lines))
+
+
 def _neutralize_mol2(path: Path, net_charge: int) -> float:
     """Make the mol2 charges add up to net_charge exactly; returns the correction (e).
 
@@ -562,11 +778,7 @@ def _neutralize_mol2(path: Path, net_charge: int) -> float:
     over the atoms in steps of 1e-6 e (largest charges first), far below AM1-BCC's own accuracy.
     """
     lines = path.read_text().splitlines(keepends=True)
-    start = next(k for k, ln in enumerate(lines) if ln.startswith("@<TRIPOS>ATOM")) + 1
-    stop = next(
-        (k for k in range(start, len(lines)) if lines[k].startswith("@<TRIPOS>")), len(lines)
-    )
-    rows = [k for k in range(start, stop) if lines[k].strip()]
+    rows = _mol2_atom_rows(lines)
     micro = [round(float(lines[k].split()[-1]) * 1e6) for k in rows]
     residual = int(net_charge) * 1_000_000 - sum(micro)
     if residual:
@@ -574,9 +786,7 @@ def _neutralize_mol2(path: Path, net_charge: int) -> float:
         for n in range(abs(residual)):
             micro[order[n % len(order)]] += 1 if residual > 0 else -1
         for k, q in zip(rows, micro, strict=True):
-            text = lines[k].rstrip("\n")
-            head = text[: len(text.rstrip()) - len(text.rstrip().split()[-1])]
-            lines[k] = f"{head}{q / 1e6:.6f}\n"
+            lines[k] = _replace_last_column(lines[k], f"{q / 1e6:.6f}")
         write_text(path, "".join(lines))
     return residual / 1e6
 

@@ -44,6 +44,16 @@ from mlsim import units
 from mlsim._fileio import atomic_path, atomic_write, write_bytes, write_json, write_text
 from mlsim._geometry_guard import GeometryGuard, SimulationBlowUp, default_max_temperature
 from mlsim.data import Structure
+from mlsim.openmm._engine import (
+    degrees_of_freedom,
+    langevin_integrator,
+    make_simulation,
+    set_barostat,
+    set_positions,
+    set_velocities,
+    temperature_of,
+    verlet_integrator,
+)
 from mlsim.openmm._forces import DEFAULT_BACKEND
 from mlsim.openmm._system import create_system, topology_from_structure
 
@@ -62,6 +72,16 @@ _CSV_UNITS = (
     "Speed: ns/day"
 )
 ABSOLUTE_COLUMN = "Absolute Potential Energy (kJ/mole)"
+# state.csv's columns (StateDataReporter flags); npt runs add the box volume and the density.
+_CSV_COLUMNS = {
+    "step": True,
+    "time": True,
+    "potentialEnergy": True,
+    "kineticEnergy": True,
+    "totalEnergy": True,
+    "temperature": True,
+    "speed": True,
+}
 DEFAULT_BAROSTAT_INTERVAL = 25  # steps between Monte Carlo volume moves (OpenMM's default)
 
 
@@ -105,23 +125,7 @@ class _Limits:
     reference_energy_ev: float | None  # total energy the drift is measured from
     guard: GeometryGuard | None
     periodic: bool
-
-
-def _degrees_of_freedom(system: Any) -> int:
-    """Degrees of freedom as OpenMM's StateDataReporter counts them (its Temperature column)."""
-    import openmm
-
-    dof = sum(3 for i in range(system.getNumParticles()) if system.getParticleMass(i)._value > 0)
-    dof -= system.getNumConstraints()
-    if any(isinstance(f, openmm.CMMotionRemover) for f in system.getForces()):
-        dof -= 3
-    return max(dof, 1)
-
-
-def _temperature_k(state: Any, dof: int) -> float:
-    """Instantaneous temperature (K) of a state from its kinetic energy."""
-    ke_ev = float(units.energy_from_openmm(state.getKineticEnergy()._value))
-    return 2.0 * ke_ev / (dof * units.KB_EV_PER_K)
+    guard_atoms: np.ndarray | None = None  # particles the guard sees (None: all; no virtual sites)
 
 
 def _total_energy_ev(state: Any) -> float:
@@ -156,11 +160,14 @@ def _problem(state: Any, limits: _Limits) -> str | None:
             box = units.positions_from_openmm(
                 np.asarray(state.getPeriodicBoxVectors(asNumpy=True)._value)
             )
-        msg = limits.guard.check(units.positions_from_openmm(pos), box, limits.periodic)
+        seen = pos if limits.guard_atoms is None else pos[limits.guard_atoms]
+        msg = limits.guard.check(units.positions_from_openmm(seen), box, limits.periodic)
+        if msg and limits.guard_atoms is not None:
+            msg += " (atom numbers leave out the virtual sites)"
         if msg:
             problems.append(msg)
     if limits.max_temperature > 0:
-        t = _temperature_k(state, limits.dof)
+        t = temperature_of(state, limits.dof)
         if t > limits.max_temperature:
             problems.append(
                 f"temperature {t:.0f} K is above the {limits.max_temperature:.0f} K bound"
@@ -374,18 +381,7 @@ def _state_reporter(path: Path, interval: int, offset_kj: float, npt: bool, appe
             return [*values[: self._te + 1], absolute, *values[self._te + 1 :]]
 
     return RelativeStateDataReporter(
-        str(path),
-        interval,
-        step=True,
-        time=True,
-        potentialEnergy=True,
-        kineticEnergy=True,
-        totalEnergy=True,
-        temperature=True,
-        volume=npt,
-        density=npt,
-        speed=True,
-        append=append,
+        str(path), interval, **_CSV_COLUMNS, volume=npt, density=npt, append=append
     )
 
 
@@ -404,25 +400,6 @@ class _SubsetState:
     def getPeriodicBoxVectors(self, asNumpy: bool = True) -> Any:  # noqa: N802, N803
         """The full system's box."""
         return self._state.getPeriodicBoxVectors(asNumpy=True)
-
-
-def _set_barostat(system: Any, pressure_bar: float, temperature_k: float, interval: int) -> None:
-    """Add (or reset) the system's MonteCarloBarostat; interval 0 switches it off."""
-    import openmm
-    from openmm import unit
-
-    for force in system.getForces():
-        if isinstance(force, openmm.MonteCarloBarostat):
-            force.setDefaultPressure(pressure_bar * unit.bar)
-            force.setDefaultTemperature(temperature_k * unit.kelvin)
-            force.setFrequency(interval)
-            return
-    if interval:
-        system.addForce(
-            openmm.MonteCarloBarostat(
-                pressure_bar * unit.bar, temperature_k * unit.kelvin, interval
-            )
-        )
 
 
 def run_md(
@@ -462,7 +439,8 @@ def run_md(
     system/topology: a prebuilt OpenMM System for `structure`'s atoms (e.g. ML/MM from
     build_mlmm_system; an "npt" run adds or resets its barostat) with the Topology written to
     topology.pdb; the model then only serves the committee monitor and the energy reference, and
-    may be None (an all-MM run). ml_atoms: the atoms the model covers (None: all).
+    may be None (an all-MM run). ml_atoms: the atoms the model covers (None: all). Virtual sites
+    of a prebuilt system (4-site water) hold any number in `structure`: the checks skip them.
     Writes trajectory (.dcd or .xtc) with `<trajectory>.json` (time step, frame spacing, units),
     state.csv (energies, temperature, speed), topology.pdb, checkpoint.chk (+ checkpoint.json) and
     final_state.xml. With resume, continues from checkpoint.chk up to `steps` total steps, after
@@ -552,35 +530,20 @@ def run_md(
         system = create_system(system_model, structure, backend=backend)
     ml_index = np.arange(len(structure)) if ml_atoms is None else np.asarray(ml_atoms, dtype=int)
     offset_ev = reference_energy(system_model, structure.numbers[ml_index])
-    if ensemble == "npt":
-        _set_barostat(system, pressure_bar, temperature_k, barostat_interval)
-    else:
-        _set_barostat(system, pressure_bar, temperature_k, 0)  # a prebuilt one stays off
-    dt = units.time_to_openmm(timestep_fs) * unit.picosecond
+    # An "nvt"/"nve" run switches a prebuilt system's barostat off.
+    set_barostat(system, pressure_bar, temperature_k, barostat_interval if ensemble == "npt" else 0)
     if ensemble in ("nvt", "npt"):
-        integrator = openmm.LangevinMiddleIntegrator(
-            temperature_k * unit.kelvin, friction_per_ps / unit.picosecond, dt
-        )
-        if seed is not None:
-            integrator.setRandomNumberSeed(seed)
+        integrator = langevin_integrator(timestep_fs, temperature_k, friction_per_ps, seed)
     else:
-        integrator = openmm.VerletIntegrator(dt)
-    try:
-        plat = openmm.Platform.getPlatformByName(platform)
-    except openmm.OpenMMException as exc:
-        raise ValueError(f"OpenMM platform {platform!r} is not available") from exc
-    sim = app.Simulation(topology, system, integrator, plat)
+        integrator = verlet_integrator(timestep_fs)
+    sim = make_simulation(topology, system, integrator, platform)
     periodic = structure.periodic
     if resume:
         _load_checkpoint(sim, chk_path)
     else:
-        if periodic:
-            # A prebuilt system's default box may be older than the structure's (equilibrated).
-            sim.context.setPeriodicBoxVectors(*units.positions_to_openmm(structure.cell))
-        sim.context.setPositions(units.positions_to_openmm(structure.positions))
-        sim.context.setVelocitiesToTemperature(
-            temperature_k * unit.kelvin, *([seed] if seed is not None else [])
-        )
+        # A prebuilt system's default box may be older than the structure's (equilibrated).
+        set_positions(sim.context, structure.positions, structure.cell if periodic else None)
+        set_velocities(sim.context, temperature_k, seed)
         with atomic_write(out / "topology.pdb") as fh:  # PDB coordinates are in Angstrom
             app.PDBFile.writeFile(
                 topology, units.positions_to_openmm(structure.positions) * unit.nanometer, fh
@@ -620,16 +583,7 @@ def run_md(
     if csv_append and ABSOLUTE_COLUMN not in log_path.read_text().split("\n", 1)[0]:
         offset_kj = offset_ev = 0.0  # a run started before the relative column: keep its format
         csv_reporter = app.StateDataReporter(
-            str(log_path),
-            report_interval,
-            step=True,
-            time=True,
-            potentialEnergy=True,
-            kineticEnergy=True,
-            totalEnergy=True,
-            temperature=True,
-            speed=True,
-            append=True,
+            str(log_path), report_interval, **_CSV_COLUMNS, append=True
         )
     else:
         csv_reporter = _state_reporter(
@@ -649,12 +603,15 @@ def run_md(
 
     good = snapshot()
     good_step = done
-    dof = _degrees_of_freedom(system)
+    dof = degrees_of_freedom(system)
     if max_temperature is None:
         max_temperature = default_max_temperature(temperature_k, dof) if ensemble != "nve" else 0.0
     if max_energy_drift is None:
         max_energy_drift = DEFAULT_NVE_ENERGY_DRIFT if ensemble == "nve" else 0.0
     reference = old_meta.get("reference_total_energy_eV")
+    # Virtual sites (4-site water's M: massless, no element) ride on their atoms; a prebuilt
+    # system's Structure holds a placeholder number for them, and the geometry guard skips them.
+    real = np.flatnonzero([not system.isVirtualSite(i) for i in range(system.getNumParticles())])
     limits = _Limits(
         max_force_kj=float(units.forces_to_openmm(max_force)),
         dof=dof,
@@ -664,8 +621,8 @@ def run_md(
         reference_energy_ev=float(reference) if reference is not None else _total_energy_ev(good),
         # The bond graph is always the starting structure's, also on resume.
         guard=GeometryGuard.from_structure(
-            structure.numbers,
-            structure.positions,
+            structure.numbers[real],
+            structure.positions[real],
             structure.cell if periodic else None,
             structure.pbc if periodic else False,
             min_distance=min_distance,
@@ -673,6 +630,7 @@ def run_md(
         if geometry_check
         else None,
         periodic=periodic,
+        guard_atoms=real if len(real) < system.getNumParticles() else None,
     )
     problem = _problem(good, limits)
     if problem:

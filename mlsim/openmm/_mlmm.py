@@ -184,7 +184,7 @@ def build_mlmm_system(
     box_shape: str = "cube",
     ph: float = 7.0,
     backend: str = "auto",
-    charge_method: str = "bcc",
+    charge_method: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> MLMMSystem:
@@ -194,8 +194,10 @@ def build_mlmm_system(
     Modeller: box edge = solute bounding-sphere diameter + padding, at least 2 x padding).
     ions: NaCl concentration (mol/L) on top of the neutralizing counter-ions. cutoff: the
     direct-space cutoff (A) of PME and Lennard-Jones. model None builds the all-MM (GAFF2)
-    system. Errors before any run: elements the model does not know, ligands AmberTools cannot
-    type (see read_ligand), a ligand clashing with the protein, a box too small for the cutoffs.
+    system. charge_method: see parameterize_ligand (default: a MOL2 file's own partial charges
+    when it has them, else AM1-BCC). Errors before any run: elements the model does not know,
+    ligands AmberTools cannot type (see read_ligand), a ligand clashing with the protein, a box
+    too small for the cutoffs.
     """
     import openmm
     from openmm import app, unit
@@ -330,7 +332,27 @@ def _mixed_system(
     from openmmml import MLPotential
 
     potential = MLPotential("mlsim", model=model, backend=backend)
-    return potential.createMixedSystem(topology, mm_system, ml_atoms)
+    return potential.createMixedSystem(_sites_as_hydrogen(topology), mm_system, ml_atoms)
+
+
+def _sites_as_hydrogen(topology: Any) -> Any:
+    """`topology`, or a copy in which virtual sites (OPC's M: no element) read as hydrogen.
+
+    openmm-ml 1.8 looks up the element of every atom while placing link atoms, even when there
+    are none to place, and fails on a site; only the ML atoms' elements are used (the ligand's,
+    never a site's), so the placeholder changes nothing in the mixed system.
+    """
+    import copy
+
+    from openmm.app import element
+
+    if all(a.element is not None for a in topology.atoms()):
+        return topology
+    top = copy.deepcopy(topology)
+    for a in top.atoms():
+        if a.element is None:
+            a.element = element.hydrogen
+    return top
 
 
 def _ligand_problem(context: Any, guard: GeometryGuard | None, ml: np.ndarray) -> str | None:
@@ -386,29 +408,30 @@ def equilibrate(
     SimulationBlowUp names the stage, as run_md does in production.
     """
     import openmm
-    from openmm import app, unit
+    from openmm import unit
 
-    from mlsim.openmm._md import _set_barostat, _state_reporter
+    from mlsim.openmm._engine import (
+        get_platform,
+        langevin_integrator,
+        make_context,
+        make_simulation,
+        set_barostat,
+        set_positions,
+        set_velocities,
+    )
+    from mlsim.openmm._md import _state_reporter
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     offset_kj = float(units.energy_to_openmm(setup.reference_energy_ev))
-    dt = units.time_to_openmm(timestep_fs) * unit.picosecond
-    try:
-        plat = openmm.Platform.getPlatformByName(platform)
-    except openmm.OpenMMException as exc:
-        raise ValueError(f"OpenMM platform {platform!r} is not available") from exc
+    get_platform(platform)  # a bad name fails before any work
     system = setup.system
     log = print if verbose else (lambda *a, **k: None)
 
     def simulation(barostat_interval: int) -> Any:
-        _set_barostat(system, pressure_bar, temperature_k, barostat_interval)
-        integ = openmm.LangevinMiddleIntegrator(
-            temperature_k * unit.kelvin, friction_per_ps / unit.picosecond, dt
-        )
-        if seed is not None:
-            integ.setRandomNumberSeed(seed)
-        return app.Simulation(setup.topology, system, integ, plat)
+        set_barostat(system, pressure_bar, temperature_k, barostat_interval)
+        integ = langevin_integrator(timestep_fs, temperature_k, friction_per_ps, seed)
+        return make_simulation(setup.topology, system, integ, platform)
 
     ml = np.asarray(setup.ml_atoms if setup.model is not None else [], dtype=int)
     # The ligand's bonds as the input file has them; the ML model must keep them through
@@ -437,8 +460,7 @@ def equilibrate(
                 )
 
     sim = simulation(0)
-    sim.context.setPeriodicBoxVectors(*units.positions_to_openmm(setup.cell))
-    sim.context.setPositions(units.positions_to_openmm(setup.positions))
+    set_positions(sim.context, setup.positions, setup.cell)
     e0 = sim.context.getState(getEnergy=True).getPotentialEnergy()._value
     log(_energy_line("mlsim: start", e0, offset_kj), file=sys.stderr)
     t0 = time.perf_counter()
@@ -447,9 +469,8 @@ def equilibrate(
     # the ligand together. L-BFGS on the ML/MM system alone can pull an ML ligand apart (ML
     # models have unphysical low-energy regions far from their training data, and MM charges
     # nearby reward them), so the ML/MM system only gets a short relaxation from there.
-    mm_ctx = openmm.Context(setup.mm_system, openmm.VerletIntegrator(0.001), plat)
-    mm_ctx.setPeriodicBoxVectors(*units.positions_to_openmm(setup.cell))
-    mm_ctx.setPositions(units.positions_to_openmm(setup.positions))
+    mm_ctx = make_context(setup.mm_system, None, platform)
+    set_positions(mm_ctx, setup.positions, setup.cell)
     openmm.LocalEnergyMinimizer.minimize(mm_ctx, tolerance, max_minimize_steps)
     mm_min = mm_ctx.getState(getPositions=True).getPositions(asNumpy=True)
     del mm_ctx
@@ -476,10 +497,7 @@ def equilibrate(
     if csv.exists():
         csv.unlink()  # a fresh equilibration replaces an old log
     reporter = _state_reporter(csv, report_interval, offset_kj, True, False)
-    if seed is not None:
-        sim.context.setVelocitiesToTemperature(temperature_k * unit.kelvin, seed)
-    else:
-        sim.context.setVelocitiesToTemperature(temperature_k * unit.kelvin)
+    set_velocities(sim.context, temperature_k, seed)
     n_nvt = int(round(nvt_ps * units.FS_PER_PS / timestep_fs))
     n_npt = int(round(npt_ps * units.FS_PER_PS / timestep_fs))
     sim.reporters.append(reporter)
@@ -571,11 +589,6 @@ def run_mlmm(
     if ensemble not in ("npt", "nvt"):
         raise ValueError(f"a solvated run is 'npt' or 'nvt', got {ensemble!r}")
     out = Path(out_dir)
-    if (setup.numbers == 0).any():
-        raise ValueError(
-            "4-site water (virtual sites) is not supported by run_mlmm's checks yet; "
-            "use --water tip3p, tip3pfb, opc3 or spce"
-        )
     if resume:
         # run_md takes the state from the checkpoint; its bond checks start from the equilibrated
         # structure, as in the first run (the raw solvated box has clashes minimisation removed).
@@ -620,7 +633,10 @@ def run_mlmm(
                 "units": "lengths in Angstrom, concentrations in mol/L, energies in eV",
             },
         )
-    structure = Structure(setup.numbers, positions, cell, pbc=True)
+    # A Structure has no element 0: virtual sites (4-site water) get a placeholder, which run_md
+    # never reads (its checks and the degrees of freedom leave massless sites out).
+    numbers = np.where(setup.numbers == 0, 1, setup.numbers)
+    structure = Structure(numbers, positions, cell, pbc=True)
     return run_md(
         setup.model,
         structure,

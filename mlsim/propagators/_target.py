@@ -63,9 +63,11 @@ class OpenMMTarget:
     System works: a classical force field, or one with an mlsim TorchForce.
     """
 
+    batched = False  # one Context evaluates structures one at a time: the sampler goes lazily
+
     def __init__(self, system, temperature: float = 300.0, platform: str = "CPU") -> None:
         """Create a single-thread Context for energy evaluations."""
-        import openmm
+        from mlsim.openmm._engine import make_context
 
         if system.getNumConstraints():
             raise ValueError(
@@ -76,9 +78,7 @@ class OpenMMTarget:
         self.n_atoms = system.getNumParticles()
         self.temperature = float(temperature)
         self.platform = platform
-        plat = openmm.Platform.getPlatformByName(platform)
-        props = {"Threads": "1"} if platform == "CPU" else {}
-        self._ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), plat, props)
+        self._ctx = make_context(system, None, platform, threads=1)
 
     @classmethod
     def from_xml(
@@ -135,6 +135,8 @@ class ModelTarget:
     Structures with two atoms closer than `hard_core` Angstrom get zero density: proposals that
     far outside the training data must not be accepted on a machine-learned energy.
     """
+
+    batched = True  # a batch of structures costs little more than one
 
     def __init__(
         self,

@@ -127,6 +127,8 @@ def build_alanine_dipeptide_pdb(path: str | os.PathLike = ALANINE_PDB, seed: int
     from rdkit import Chem
     from rdkit.Chem import AllChem
 
+    from mlsim.openmm._engine import make_context, set_positions
+
     mol = Chem.AddHs(Chem.MolFromSmiles(_SMILES))
     if AllChem.EmbedMolecule(mol, randomSeed=seed) != 0:
         raise RuntimeError("RDKit failed to embed alanine dipeptide")
@@ -158,9 +160,8 @@ def build_alanine_dipeptide_pdb(path: str | os.PathLike = ALANINE_PDB, seed: int
     pos = xyz[order]
 
     system = amber14_system(top, "vacuum", "none")
-    integ = openmm.VerletIntegrator(0.001)
-    ctx = openmm.Context(system, integ, openmm.Platform.getPlatformByName("Reference"))
-    ctx.setPositions(positions_to_openmm(pos))
+    ctx = make_context(system, None, "Reference")
+    set_positions(ctx, pos)
     openmm.LocalEnergyMinimizer.minimize(ctx, 1e-3, 0)
     pos_nm = ctx.getState(getPositions=True).getPositions(asNumpy=True)
 
@@ -196,7 +197,7 @@ def alanine_zmatrix(topology):
     slow backbone motion is two flow coordinates; methyl rotors are one dihedral each. New code
     builds the Z-matrix from the bond graph instead (mlsim.propagators.build_zmatrix).
     """
-    from mlsim.propagators import ZMatrix
+    from mlsim.propagators._internal import ZMatrix
 
     res = list(topology.residues())
     if [r.name for r in res] != ["ACE", "ALA", "NME"]:

@@ -1,7 +1,7 @@
 """Langevin MD with OpenMM: the trajectory generator for training data and reference runs.
 
-Positions go in and come out in Angstrom (velocities in Angstrom/fs, times in fs); the conversion
-to OpenMM's nm/ps happens here, through mlsim.units. :func:`simulate` is the older nm interface,
+Positions go in and come out in Angstrom (velocities in Angstrom/fs, times in fs); OpenMM's
+objects and its nm/ps come from the MD engine layer (mlsim.openmm._engine). :func:`simulate` is the older nm interface,
 kept for scripts written against it.
 """
 
@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from mlsim._fileio import atomic_write, write_json
 from mlsim.units import FS_PER_PS, positions_from_openmm, positions_to_openmm
 
-__all__ = ["Frames", "make_context", "run_langevin", "simulate", "write_dcd"]
+__all__ = ["Frames", "run_langevin", "simulate", "write_dcd"]
 
 
 @dataclass
@@ -45,20 +46,6 @@ class Frames:
     def times_ps(self) -> np.ndarray:
         """Frame times in ps."""
         return np.asarray(self.times_fs) / FS_PER_PS
-
-
-def make_context(system, temperature: float, dt_fs: float, seed: int, platform: str = "CPU"):
-    """Return an OpenMM Context with a LangevinMiddleIntegrator (friction 1/ps) on one thread."""
-    import openmm
-    from openmm import unit
-
-    integ = openmm.LangevinMiddleIntegrator(
-        temperature * unit.kelvin, 1.0 / unit.picosecond, dt_fs * unit.femtosecond
-    )
-    integ.setRandomNumberSeed(int(seed))
-    plat = openmm.Platform.getPlatformByName(platform)
-    props = {"Threads": "1"} if platform == "CPU" else {}
-    return openmm.Context(system, integ, plat, props)
 
 
 def write_dcd(path: str | os.PathLike, topology, positions_nm: np.ndarray, dt_ps: float) -> Path:
@@ -110,7 +97,14 @@ def run_langevin(
     """
     import time
 
-    from openmm import unit
+    from mlsim.openmm._engine import (
+        langevin_integrator,
+        make_context,
+        positions_of,
+        set_positions,
+        set_velocities,
+        velocities_of,
+    )
 
     positions = np.asarray(positions, dtype=np.float64)
     if positions.shape != (system.getNumParticles(), 3):
@@ -121,11 +115,12 @@ def run_langevin(
         raise ValueError("positions contain NaN or inf")
     if n_steps <= 0 or report_interval <= 0 or n_steps % report_interval:
         raise ValueError("n_steps must be a positive multiple of report_interval")
-    ctx = make_context(system, temperature, dt_fs, seed, platform)
-    ctx.setPositions(positions_to_openmm(positions))
+    # Friction 1/ps on one CPU thread: a given seed gives the same frames on every machine.
+    integ = langevin_integrator(dt_fs, temperature, 1.0, seed)
+    ctx = make_context(system, integ, platform, threads=1)
+    set_positions(ctx, positions)
     ctx.applyConstraints(1e-8)
-    ctx.setVelocitiesToTemperature(temperature * unit.kelvin, int(seed))
-    integ = ctx.getIntegrator()
+    set_velocities(ctx, temperature, seed)
     if equilibrate_steps:
         integ.step(int(equilibrate_steps))
     n_frames = n_steps // report_interval
@@ -140,9 +135,8 @@ def run_langevin(
     for i in range(n_frames):
         integ.step(report_interval)
         st = ctx.getState(getPositions=True, getVelocities=True)
-        xs[i] = positions_from_openmm(st.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
-        v = st.getVelocities(asNumpy=True).value_in_unit(unit.nanometer / unit.picosecond)
-        vs[i] = positions_from_openmm(v) / FS_PER_PS  # nm/ps -> Angstrom/fs
+        xs[i] = positions_of(st)
+        vs[i] = velocities_of(st)
         if bar is not None:
             bar.update(1)
     wall = time.perf_counter() - t0
@@ -154,31 +148,11 @@ def run_langevin(
     return Frames(xs, vs, times, wall, int(n_steps))
 
 
-def simulate(
-    system,
-    positions: np.ndarray,
-    n_steps: int,
-    report_interval: int,
-    seed: int,
-    temperature: float = 300.0,
-    dt_fs: float = 2.0,
-    platform: str = "CPU",
-    equilibrate_steps: int = 0,
-    progress: bool = False,
-) -> Frames:
+def simulate(system, positions: np.ndarray, *args: Any, **kwargs: Any) -> Frames:
     """:func:`run_langevin` with positions in nm (OpenMM's unit), the older interface.
 
-    Returns the same Frames (read ``positions_nm``/``times_ps`` or the Angstrom/fs fields).
+    The other arguments are run_langevin's (n_steps, report_interval, seed, temperature, dt_fs,
+    platform, equilibrate_steps, progress). Returns the same Frames (read ``positions_nm`` /
+    ``times_ps`` or the Angstrom/fs fields).
     """
-    return run_langevin(
-        system,
-        positions_from_openmm(positions),
-        n_steps,
-        report_interval,
-        seed,
-        temperature=temperature,
-        dt_fs=dt_fs,
-        platform=platform,
-        equilibrate_steps=equilibrate_steps,
-        progress=progress,
-    )
+    return run_langevin(system, positions_from_openmm(positions), *args, **kwargs)

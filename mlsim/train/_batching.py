@@ -1,9 +1,9 @@
 """Labelled structures packed into flat arrays, and the batches (model inputs + labels) cut from them.
 
-`PackedStructures` keeps what is small per structure (atom counts, energies, label flags, cells) in
-memory and what is large per atom (numbers, positions, forces) either in memory or in flat binary
-files of which `batch()` reads only the rows it packs. The files are how every rank of a torchrun
-job trains on one copy of the data without holding it: see `mlsim.train._data`.
+`PackedStructures` keeps what is small per structure (atom counts, energies, label flags, cells,
+stresses) in memory and what is large per atom (numbers, positions, forces) either in memory or in
+flat binary files of which `batch()` reads only the rows it packs. The files are how every rank of
+a torchrun job trains on one copy of the data without holding it: see `mlsim.train._data`.
 
 Values are stored in float64 as read; a batch converts to the model's dtype, so a batch equals the
 one built from the original Structures, bit for bit.
@@ -23,7 +23,7 @@ import torch
 
 from mlsim._fileio import atomic_write
 
-__all__ = ["Batch", "PackedStructures", "TensorData", "collate"]
+__all__ = ["Batch", "PackedStructures", "TensorData", "collate", "strainable_cells"]
 
 
 @dataclass
@@ -40,6 +40,8 @@ class Batch:
     forces: torch.Tensor  # (N, 3)
     has_energy: torch.Tensor  # (B,) bool
     has_forces: torch.Tensor  # (N,) bool
+    stress: torch.Tensor  # (B, 3, 3) eV/A^3, ASE sign (zeros where unlabelled)
+    has_stress: torch.Tensor  # (B,) bool
 
     def to(self, device: torch.device | str) -> Batch:
         """The same batch with every tensor on `device`."""
@@ -48,6 +50,32 @@ class Batch:
     def inputs(self) -> tuple[torch.Tensor, ...]:
         """The five tensors of the model's forward()."""
         return self.numbers, self.positions, self.cell, self.pbc, self.batch
+
+    def strain_inputs(self) -> tuple[torch.Tensor, ...]:
+        """inputs() with a cell that can be strained for every structure (see strainable_cells)."""
+        return (
+            self.numbers,
+            self.positions,
+            strainable_cells(self.cell, self.pbc),
+            self.pbc,
+            self.batch,
+        )
+
+
+def strainable_cells(cell: torch.Tensor, pbc: torch.Tensor) -> torch.Tensor:
+    """`cell` (B, 3, 3) with unit vectors in the non-periodic rows of structures of zero volume.
+
+    compute_properties(stress=True) strains every structure of a batch and needs a volume for each.
+    A batch may mix molecules (zero cell) with periodic structures that carry stress labels; the
+    row of a non-periodic direction is never used (no image is taken along it), so replacing it
+    leaves energies and forces unchanged, and the molecules' "stress" is simply not compared.
+    """
+    flat = torch.linalg.det(cell).abs() < 1e-12
+    if not bool(flat.any()):
+        return cell
+    unit = torch.eye(3, dtype=cell.dtype, device=cell.device).expand_as(cell)
+    fill = flat.view(-1, 1, 1) & ~pbc.view(-1, 3, 1)
+    return torch.where(fill, unit, cell)
 
 
 class Labels(NamedTuple):
@@ -111,7 +139,7 @@ class PackedStructures:
     def __init__(
         self, meta: dict[str, np.ndarray], atoms: _AtomColumns, rows: np.ndarray | None = None
     ) -> None:
-        """Wrap per-structure arrays `meta` (n_atoms, energy, has_energy, has_forces, pbc, cell?)."""
+        """Wrap per-structure arrays `meta` (n_atoms, energy, has_energy, has_forces, pbc, cell?, stress?)."""
         self._meta = meta
         self._atoms = atoms
         self._ptr = np.concatenate([[0], np.cumsum(meta["n_atoms"], dtype=np.int64)])
@@ -188,6 +216,50 @@ class PackedStructures:
         return self._column("has_forces")
 
     @property
+    def has_stress(self) -> np.ndarray:
+        """Whether each structure has a stress label."""
+        if "has_stress" not in self._meta:
+            return np.zeros(len(self), dtype=bool)
+        return self._column("has_stress")
+
+    @property
+    def pbc(self) -> np.ndarray:
+        """Periodic directions per structure, (n, 3) bool."""
+        return self._column("pbc")
+
+    @property
+    def cells(self) -> np.ndarray:
+        """Cells per structure, (n, 3, 3) float64 (zeros where a structure has none)."""
+        if "cell" not in self._meta:
+            return np.zeros((len(self), 3, 3))
+        return self._column("cell")
+
+    @property
+    def stress(self) -> np.ndarray:
+        """Stress labels, (n, 3, 3) eV/A^3, ASE sign (float64; zeros where unlabelled)."""
+        if "stress" not in self._meta:
+            return np.zeros((len(self), 3, 3))
+        return self._column("stress")
+
+    def check_stress_cells(self, what: str) -> None:
+        """ValueError naming the first stress-labelled structure that is not fully periodic.
+
+        A stress is dE/d(strain) / V of a periodic cell; on a molecule or a slab it has no
+        meaning a model could be trained on or compared with. `what` names the data (file, key).
+        """
+        has = self.has_stress
+        if not has.any():
+            return
+        bad = has & ~(self.pbc.all(axis=1) & (np.abs(np.linalg.det(self.cells)) > 1e-12))
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"{what}: structure {k} carries a stress label but is not fully periodic with "
+                f"a cell of non-zero volume (pbc {self.pbc[k].tolist()}); a stress belongs to "
+                "periodic structures only"
+            )
+
+    @property
     def energy(self) -> np.ndarray:
         """Reference energies, eV (float64; 0 where unlabelled)."""
         return self._column("energy")
@@ -210,6 +282,10 @@ class PackedStructures:
         counts = torch.from_numpy(meta["n_atoms"][rows].astype(np.int64))
         cell = meta.get("cell")
         cells = cell[rows] if cell is not None else np.zeros((len(rows), 3, 3))
+        stress = meta["stress"][rows] if "stress" in meta else np.zeros((len(rows), 3, 3))
+        has_stress = (
+            meta["has_stress"][rows] if "has_stress" in meta else np.zeros(len(rows), dtype=bool)
+        )
         return Batch(
             numbers=torch.from_numpy(self._atoms.take("numbers", spans).astype(np.int64)),
             positions=torch.from_numpy(self._atoms.take("positions", spans)).to(dtype),
@@ -221,6 +297,8 @@ class PackedStructures:
             has_energy=torch.from_numpy(meta["has_energy"][rows].astype(bool)),
             forces=torch.from_numpy(self._atoms.take("forces", spans)).to(dtype),
             has_forces=torch.from_numpy(np.repeat(meta["has_forces"][rows].astype(bool), counts)),
+            stress=torch.from_numpy(np.ascontiguousarray(stress, dtype=np.float64)).to(dtype),
+            has_stress=torch.from_numpy(has_stress.astype(bool)),
         )
 
     def reference_forces(self, idx: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -270,6 +348,7 @@ class _MetaAccumulator:
         self.has_forces: list[np.ndarray] = []
         self.pbc: list[np.ndarray] = []
         self.cells: dict[int, np.ndarray] = {}
+        self.stresses: dict[int, np.ndarray] = {}
         self.element_counts = np.zeros(119, dtype=np.int64)
         self._block: list[tuple[int, float, bool, bool, np.ndarray]] = []
         self._n = 0
@@ -281,6 +360,8 @@ class _MetaAccumulator:
         self._block.append((len(s), energy, s.energy is not None, s.forces is not None, pbc))
         if s.cell is not None:
             self.cells[self._n] = np.asarray(s.cell, dtype=np.float64)
+        if getattr(s, "stress", None) is not None:
+            self.stresses[self._n] = np.asarray(s.stress, dtype=np.float64).reshape(3, 3)
         self.element_counts += np.bincount(np.asarray(s.numbers), minlength=119)[:119]
         self._n += 1
         if len(self._block) >= 4096:
@@ -298,7 +379,7 @@ class _MetaAccumulator:
         self._block = []
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The per-structure arrays (a `cell` array only when some structure has a cell)."""
+        """The per-structure arrays (`cell` / `stress` only when some structure has one)."""
         self._flush()
         out = {
             "n_atoms": _concat(self.n_atoms, np.int64, 1),
@@ -313,6 +394,14 @@ class _MetaAccumulator:
             for k, c in self.cells.items():
                 cell[k] = c
             out["cell"] = cell
+        has_stress = np.zeros(self._n, dtype=bool)
+        if self.stresses:
+            stress = np.zeros((self._n, 3, 3))
+            for k, v in self.stresses.items():
+                stress[k] = v
+                has_stress[k] = True
+            out["stress"] = stress
+        out["has_stress"] = has_stress
         return out
 
 

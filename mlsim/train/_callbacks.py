@@ -123,7 +123,7 @@ class MovingAverage(Callback):
     def load_state_dict(self, state: Any) -> None:
         """Restore the EMA onto the training device."""
         assert self.ema is not None
-        from mlsim.models import upgrade_state_dict
+        from mlsim.models._base import upgrade_state_dict
 
         self.ema.load_state_dict(state)
         # Checkpoints from before the model blocks carry the old parameter names.
@@ -199,6 +199,8 @@ LOG_FIELDS = [
     "val_force_mae_meV_per_A",
     "val_force_rmse_meV_per_A",
 ]
+# Added to log.csv after LOG_FIELDS when the validation structures carry stress labels.
+STRESS_LOG_FIELD = "val_stress_mae_meV_per_A3"
 
 
 class EpochLog(Callback):
@@ -209,9 +211,13 @@ class EpochLog(Callback):
         if trainer.rank != 0:
             return
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=LOG_FIELDS)
+        history = trainer.state["history"]
+        fields = LOG_FIELDS + (
+            [STRESS_LOG_FIELD] if any(STRESS_LOG_FIELD in r for r in history) else []
+        )
+        w = csv.DictWriter(buf, fieldnames=fields)
         w.writeheader()
-        w.writerows(trainer.state["history"])
+        w.writerows(history)
         path = trainer.out / "log.csv"
         write_output("epoch log", path, write_text, path, buf.getvalue())
 

@@ -92,6 +92,12 @@ class TrainConfig:
     ensemble: int = _key(1, "members trained side by side from different initial weights", ge=1)
     energy_weight: float = _key(1.0, "loss weight of mean (dE per atom)^2, eV^2", ge=0)
     forces_weight: float = _key(10.0, "loss weight of mean (dF component)^2, (eV/A)^2", ge=0)
+    stress_weight: float = _key(
+        0.0,
+        "loss weight of mean (d stress component)^2, (eV/A^3)^2, over the structures with a "
+        "stress label (periodic ones); 0: stress not trained",
+        ge=0,
+    )
     lr: float = _key(1e-3, "initial (peak) learning rate of AdamW", gt=0)
     weight_decay: float = _key(0.0, "AdamW weight decay", ge=0)
     schedule: str = _key(
@@ -114,6 +120,13 @@ class TrainConfig:
         None,
         "stop (and finish normally) after this much training, minutes (null: no limit)",
         gt=0,
+        resume="free",
+    )
+    time_budget_clock: str = _key(
+        "wall",
+        "what time_budget_min counts: 'wall' (elapsed time) or 'cpu' (this process's CPU time, "
+        "all threads: the same amount of training whatever else runs on the machine)",
+        choices=("wall", "cpu"),
         resume="free",
     )
     early_stopping_patience: int = _key(
@@ -198,7 +211,8 @@ class _Hyperparameters(Mapping[str, Mapping[str, Option]]):
 
     def __getitem__(self, arch: str) -> Mapping[str, Option]:
         """The schema of `arch` (KeyError if unknown; ValueError naming a broken plug-in)."""
-        from mlsim.models import architectures, get_architecture
+        from mlsim.models import architectures
+        from mlsim.models._registry import get_architecture
 
         if not isinstance(arch, str) or arch.lower() not in architectures():
             raise KeyError(arch)
@@ -244,7 +258,7 @@ _RULES: list[tuple[tuple[str, ...], Any, str]] = [
 
 def _check_model(model: dict[str, Any]) -> dict[str, Any]:
     """The `model` mapping checked against MODEL_KEYS and the architecture's HYPERPARAMETERS."""
-    from mlsim.models import get_architecture
+    from mlsim.models._registry import get_architecture
 
     _unknown("model", model, MODEL_KEYS)
     arch_opt = _architecture_option()
@@ -379,8 +393,7 @@ def hyperparameter_defaults(arch: str) -> dict[str, str]:
     """The architecture's constructor options a config may set, with their defaults (as text)."""
     import inspect
 
-    from mlsim.models import get_architecture
-    from mlsim.models._registry import SET_FROM_DATA
+    from mlsim.models._registry import SET_FROM_DATA, get_architecture
 
     cls = get_architecture(arch).cls
     return {

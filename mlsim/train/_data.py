@@ -196,7 +196,7 @@ def _extxyz_frames(path: Path) -> Iterator:
 
 def _validated(path: Path, structures: Iterable) -> Iterator:
     """`structures` checked one by one as mlsim.data.read checks them (errors name the structure)."""
-    from mlsim.data import validate_structure
+    from mlsim.data._validate import validate_structure
 
     for i, s in enumerate(structures):
         try:
@@ -267,7 +267,7 @@ def _elements(packed: PackedStructures) -> set[int]:
 
 def _prepare(cfg: TrainConfig, folder: Path) -> _Prepared:
     """Rank 0: check and pack every data file, check labels and elements, split, fit the shifts."""
-    from mlsim.models import fit_self_energies, force_rms
+    from mlsim.models._shifts import fit_self_energies, force_rms
 
     # Every data file is checked before the (long) packing and training, not when first needed.
     check_data_files(cfg)
@@ -276,12 +276,21 @@ def _prepare(cfg: TrainConfig, folder: Path) -> _Prepared:
     pool = _pack_file("data", cfg.path(cfg.data), folder / "data")
     if cfg.forces_weight > 0 and not pool.has_forces.all():
         raise ValueError(f"data: {cfg.data}: every structure needs forces when forces_weight > 0")
+    pool.check_stress_cells(f"data: {cfg.data}")
     train_idx, val_idx = split_indices(len(pool), cfg)
+    if cfg.stress_weight > 0 and not pool.has_stress[train_idx].any():
+        raise ValueError(
+            f"stress_weight = {cfg.stress_weight} but none of the {len(train_idx)} training "
+            f"structures of {cfg.data} carries a stress label; stresses come with periodic "
+            "structures labelled by a method that computes them (xTB, an ASE calculator): "
+            "label periodic data, or set stress_weight: 0"
+        )
     elements = sorted(_elements(pool))
     if cfg.val_data:
         val = _pack_file("val_data", cfg.path(cfg.val_data), folder / "val_data")
         if not val.has_forces.all():
             raise ValueError(f"val_data: {cfg.val_data}: every structure needs forces")
+        val.check_stress_cells(f"val_data: {cfg.val_data}")
         unseen = sorted(_elements(val) - set(elements))
         if unseen:
             raise ValueError(
@@ -289,6 +298,7 @@ def _prepare(cfg: TrainConfig, folder: Path) -> _Prepared:
             )
     if cfg.test_data:
         test = _pack_file("test_data", cfg.path(cfg.test_data), folder / "test_data")
+        test.check_stress_cells(f"test_data: {cfg.test_data}")
         unseen = sorted(_elements(test) - set(elements))
         if unseen:
             raise ValueError(

@@ -22,7 +22,7 @@ def predict(
     progress: bool = False,
     dtype: torch.dtype | None = None,
 ) -> dict[str, np.ndarray]:
-    """Energies and forces predicted for every structure, alongside the references (eV, eV/A)."""
+    """Energies, forces (and stresses where labelled) predicted for every structure, beside the references."""
     data = (
         structures
         if isinstance(structures, PackedStructures)
@@ -56,6 +56,10 @@ def predict_share(
     e_pred = np.zeros(n)
     f_pred = np.zeros((int(ptr[-1]), 3))
     f_ref = np.zeros((int(ptr[-1]), 3))
+    has_stress = data.has_stress.astype(bool)
+    if has_stress.any():
+        data.check_stress_cells("evaluation data")
+    s_pred = np.zeros((n, 3, 3))
     from tqdm import tqdm
 
     bar = tqdm(
@@ -66,8 +70,13 @@ def predict_share(
         if k % world == rank:
             idx = np.arange(start, stop)
             b = data.batch(idx, dtype).to(device)
-            out = compute_properties(model, *b.inputs(), forces=True)
+            # The stress (the model's strain derivative) only where some structure can be compared.
+            stress = bool(has_stress[start:stop].any())
+            inputs = b.strain_inputs() if stress else b.inputs()
+            out = compute_properties(model, *inputs, forces=True, stress=stress)
             e_pred[start:stop] = out["energy"].detach().double().cpu().numpy()
+            if stress:
+                s_pred[start:stop] = out["stress"].detach().double().cpu().numpy()
             f_pred[ptr[start] : ptr[stop]] = out["forces"].detach().double().cpu().numpy()
             # References as stored (float64), not the model-dtype copy in the batch.
             f_ref[ptr[start] : ptr[stop]] = data.reference_forces(idx)
@@ -81,14 +90,23 @@ def predict_share(
         "forces_ref": f_ref,
         "has_forces": np.repeat(data.has_forces.astype(bool), n_atoms),
         "n_atoms": n_atoms.astype(float),
+        "stress_pred": s_pred,
+        "stress_ref": data.stress.astype(np.float64),
+        "has_stress": has_stress,
     }
 
 
 def metrics_from_predictions(p: dict[str, np.ndarray]) -> dict[str, float | int | None]:
-    """MAE/RMSE of energy per atom (meV/atom) and force components (meV/A); None if unlabelled."""
+    """MAE/RMSE of energy/atom (meV), force and stress components (meV/A, meV/A^3); None if unlabelled."""
     he, hf = p["has_energy"], p["has_forces"]
     de = (p["energy_pred"] - p["energy_ref"])[he] / p["n_atoms"][he] * 1000.0
     df = ((p["forces_pred"] - p["forces_ref"])[hf] * 1000.0).reshape(-1)
+    hs = p.get("has_stress")
+    ds = (
+        ((p["stress_pred"] - p["stress_ref"])[hs] * 1000.0).reshape(-1)
+        if hs is not None
+        else np.zeros(0)
+    )
     nan = None  # not NaN: the JSON output must stay valid JSON
     return {
         "n_structures": len(p["energy_pred"]),
@@ -97,6 +115,8 @@ def metrics_from_predictions(p: dict[str, np.ndarray]) -> dict[str, float | int 
         "energy_rmse_meV_per_atom": float(np.sqrt((de**2).mean())) if de.size else nan,
         "force_mae_meV_per_A": float(np.abs(df).mean()) if df.size else nan,
         "force_rmse_meV_per_A": float(np.sqrt((df**2).mean())) if df.size else nan,
+        "stress_mae_meV_per_A3": float(np.abs(ds).mean()) if ds.size else nan,
+        "stress_rmse_meV_per_A3": float(np.sqrt((ds**2).mean())) if ds.size else nan,
     }
 
 

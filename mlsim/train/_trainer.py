@@ -70,12 +70,21 @@ def _members(model: nn.Module) -> list[nn.Module]:
     return list(model.members) if isinstance(model, Ensemble) else [model]
 
 
-def _batch_loss(model: nn.Module, b: Batch, cfg: TrainConfig, n_e: int, n_f: int) -> torch.Tensor:
-    """This rank's share of the global-mean loss (divided by global label counts, not local ones)."""
+def _batch_loss(
+    model: nn.Module, b: Batch, cfg: TrainConfig, n_e: int, n_f: int, n_s: int = 0
+) -> torch.Tensor:
+    """This rank's share of the global-mean loss (divided by global label counts, not local ones).
+
+    n_e, n_f, n_s: structures with energies, atoms with forces and structures with stresses in
+    the global batch. The stress term compares the model's strain derivative (compute_properties)
+    with the labels of the structures that have one; the others add nothing to it.
+    """
     total = torch.zeros((), dtype=b.positions.dtype, device=b.positions.device)
+    stress = cfg.stress_weight > 0 and n_s > 0 and bool(b.has_stress.any())
+    inputs = b.strain_inputs() if stress else b.inputs()
     for member in _members(model):
         out = compute_properties(
-            member, *b.inputs(), forces=cfg.forces_weight > 0, create_graph=True
+            member, *inputs, forces=cfg.forces_weight > 0, stress=stress, create_graph=True
         )
         if cfg.energy_weight > 0 and n_e > 0:
             de = (out["energy"] - b.energy.to(out["energy"].dtype)) / b.n_atoms
@@ -83,6 +92,9 @@ def _batch_loss(model: nn.Module, b: Batch, cfg: TrainConfig, n_e: int, n_f: int
         if cfg.forces_weight > 0 and n_f > 0:
             df = out["forces"] - b.forces
             total = total + cfg.forces_weight * (df[b.has_forces] ** 2).sum() / (3 * n_f)
+        if stress:
+            ds = out["stress"] - b.stress.to(out["stress"].dtype)
+            total = total + cfg.stress_weight * (ds[b.has_stress] ** 2).sum() / (9 * n_s)
     return total
 
 
@@ -287,11 +299,13 @@ class Trainer:
     def _epoch(self) -> dict[str, Any]:
         """One epoch of training and validation; returns its log row."""
         cfg, state, train = self.cfg, self.state, self.data.train
-        t0 = time.perf_counter()
+        clock = time.process_time if cfg.time_budget_clock == "cpu" else time.perf_counter
+        t0 = clock()
         epoch = state["epoch"]
         self.model.train()
         n_train = len(train)
         has_energy, has_forces, n_atoms = train.has_energy, train.has_forces, train.n_atoms
+        has_stress = train.has_stress
         # The permutation depends only on (seed, epoch): identical on every rank and after resume.
         perm = np.random.default_rng([cfg.seed, epoch]).permutation(n_train)
         loss_sum = 0.0
@@ -299,12 +313,13 @@ class Trainer:
             chunk = perm[start : start + cfg.batch_size]
             n_e = int(has_energy[chunk].sum())
             n_f = int(n_atoms[chunk][has_forces[chunk]].sum())
+            n_s = int(has_stress[chunk].sum())
             # This rank's equal share of the global batch: the only structures it reads.
             local = np.array_split(chunk, self.world)[self.rank]
             self.optimizer.zero_grad(set_to_none=False)
             if len(local):
                 b = train.batch(local, self.dtype).to(self.device)
-                loss = _batch_loss(self.model, b, cfg, n_e, n_f)
+                loss = _batch_loss(self.model, b, cfg, n_e, n_f, n_s)
                 loss.backward()
                 loss_val = loss.detach()
             else:
@@ -330,7 +345,7 @@ class Trainer:
             self.scheduler.step(val_f)
         else:
             self.scheduler.step()
-        state["elapsed"] += time.perf_counter() - t0
+        state["elapsed"] += clock() - t0
         state["epoch"] = epoch + 1
         if val_f < state["best_val"]:
             state.update(best_val=val_f, best_epoch=epoch + 1, bad_epochs=0)
@@ -346,6 +361,8 @@ class Trainer:
             "val_force_mae_meV_per_A": vm["force_mae_meV_per_A"],
             "val_force_rmse_meV_per_A": vm["force_rmse_meV_per_A"],
         }
+        if vm["stress_mae_meV_per_A3"] is not None:
+            row["val_stress_mae_meV_per_A3"] = vm["stress_mae_meV_per_A3"]
         state["history"].append(row)
         return row
 
@@ -363,7 +380,7 @@ class Trainer:
             world=self.world,
         )
         if self.world > 1:
-            keys = ("energy_pred", "forces_pred", "forces_ref")
+            keys = ("energy_pred", "forces_pred", "forces_ref", "stress_pred")
             for k, v in zip(keys, sum_arrays([pred[k] for k in keys], self.device)):
                 pred[k] = v
         return pred

@@ -169,6 +169,12 @@ def test_mlmm_cli_equilibrates_and_runs(tmp_path, cache, monkeypatch, capsys):
     assert "9 ML" in captured.err and "minimised" in captured.err
     for name in ("topology.pdb", "equilibrated.pdb", "equilibration.csv", "setup.json"):
         assert (out / name).is_file(), name
+    # Production starts from the equilibration's last velocities (units stored with them), not
+    # from a fresh draw, which the rigid water's constraints would cool far below the target.
+    with np.load(out / "equilibrated_velocities.npz") as f:
+        assert str(f["units"]) == "Angstrom/fs" and f["velocities"].shape[1] == 3
+        v_eq = f["velocities"]
+    assert np.isfinite(v_eq).all() and 0 < np.abs(v_eq).max() < 0.2
     pdb = app.PDBFile(str(out / "topology.pdb"))
     assert pdb.topology.getNumAtoms() > 700 and pdb.topology.getPeriodicBoxVectors() is not None
     rows = np.genfromtxt(out / "state.csv", delimiter=",", names=True)

@@ -110,6 +110,22 @@ def test_velocities_kinetic_energy_temperature_and_degrees_of_freedom():
     assert not np.allclose(eng.velocities_of(ctx.getState(getVelocities=True)), v)
 
 
+def test_velocity_array_is_set_in_angstrom_per_fs():
+    """set_velocity_array takes A/fs: 0.01 A/fs is 1 nm/ps in OpenMM; bad shapes are refused."""
+    system = bond_system(10.0, 1.2)
+    ctx = eng.make_context(system, None, "Reference")
+    eng.set_positions(ctx, [[0, 0, 0], [1.2, 0, 0]])
+    v = np.array([[0.01, -0.02, 0.0], [0.003, 0.0, 0.005]])
+    eng.set_velocity_array(ctx, v)
+    raw = ctx.getState(getVelocities=True).getVelocities(asNumpy=True)._value  # nm/ps
+    np.testing.assert_allclose(raw, v * 100.0, rtol=1e-12)
+    np.testing.assert_allclose(eng.velocities_of(ctx.getState(getVelocities=True)), v, rtol=1e-12)
+    with pytest.raises(ValueError, match=r"shape \(2, 3\)"):
+        eng.set_velocity_array(ctx, v[:1])
+    with pytest.raises(ValueError, match="finite"):
+        eng.set_velocity_array(ctx, np.full((2, 3), np.nan))
+
+
 def test_integrators_take_fs_kelvin_and_friction_per_ps():
     """OpenMM receives ps, K and 1/ps; a seeded Langevin run is reproducible, another seed is not."""
     integ = eng.langevin_integrator(0.5, 310.0, 2.0, seed=7)

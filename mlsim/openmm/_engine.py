@@ -34,6 +34,7 @@ __all__ = [
     "set_barostat",
     "set_positions",
     "set_velocities",
+    "set_velocity_array",
     "temperature_of",
     "velocities_of",
     "verlet_integrator",
@@ -231,6 +232,15 @@ def set_velocities(context: Any, temperature_k: float, seed: int | None = None) 
     context.setVelocitiesToTemperature(
         float(temperature_k), *([int(seed)] if seed is not None else [])
     )
+
+
+def set_velocity_array(context: Any, velocities: ArrayLike) -> None:
+    """Set velocities (n, 3) in Angstrom/fs (e.g. an equilibration's last ones)."""
+    v = np.asarray(velocities, dtype=float)
+    n = context.getSystem().getNumParticles()
+    if v.shape != (n, 3) or not np.isfinite(v).all():
+        raise ValueError(f"velocities must be finite with shape ({n}, 3), got {v.shape}")
+    context.setVelocities(units.positions_to_openmm(v) * units.FS_PER_PS)  # A/fs -> nm/ps
 
 
 def positions_of(state: Any) -> np.ndarray:

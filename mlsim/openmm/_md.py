@@ -51,6 +51,7 @@ from mlsim.openmm._engine import (
     set_barostat,
     set_positions,
     set_velocities,
+    set_velocity_array,
     temperature_of,
     verlet_integrator,
 )
@@ -430,6 +431,7 @@ def run_md(
     system: Any | None = None,
     topology: Any | None = None,
     ml_atoms: Any | None = None,
+    velocities: np.ndarray | None = None,
 ) -> MDResult:
     """Run `steps` MD steps of `structure` with the model; files go to out_dir.
 
@@ -441,6 +443,8 @@ def run_md(
     topology.pdb; the model then only serves the committee monitor and the energy reference, and
     may be None (an all-MM run). ml_atoms: the atoms the model covers (None: all). Virtual sites
     of a prebuilt system (4-site water) hold any number in `structure`: the checks skip them.
+    velocities: starting velocities (n, 3) in Angstrom/fs, e.g. an equilibration's last ones
+    (None: drawn at temperature_k with seed); ignored on resume (the checkpoint has them).
     Writes trajectory (.dcd or .xtc) with `<trajectory>.json` (time step, frame spacing, units),
     state.csv (energies, temperature, speed), topology.pdb, checkpoint.chk (+ checkpoint.json) and
     final_state.xml. With resume, continues from checkpoint.chk up to `steps` total steps, after
@@ -543,7 +547,10 @@ def run_md(
     else:
         # A prebuilt system's default box may be older than the structure's (equilibrated).
         set_positions(sim.context, structure.positions, structure.cell if periodic else None)
-        set_velocities(sim.context, temperature_k, seed)
+        if velocities is None:
+            set_velocities(sim.context, temperature_k, seed)
+        else:
+            set_velocity_array(sim.context, velocities)
         with atomic_write(out / "topology.pdb") as fh:  # PDB coordinates are in Angstrom
             app.PDBFile.writeFile(
                 topology, units.positions_to_openmm(structure.positions) * unit.nanometer, fh

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from mlsim import units
-from mlsim._fileio import atomic_write, write_json
+from mlsim._fileio import atomic_path, atomic_write, write_json
 from mlsim._geometry_guard import GeometryGuard, SimulationBlowUp
 from mlsim.data import Structure
 from mlsim.openmm._gaff import GaffTemplate, Ligand, parameterize_ligand, read_ligand
@@ -418,6 +418,7 @@ def equilibrate(
         set_barostat,
         set_positions,
         set_velocities,
+        velocities_of,
     )
     from mlsim.openmm._md import _state_reporter
 
@@ -522,7 +523,7 @@ def equilibrate(
         sim2.reporters.append(reporter)
         t0 = time.perf_counter()
         checked_steps(sim2, n_npt, "NPT equilibration")
-        state = sim2.context.getState(getPositions=True, getEnergy=True)
+        state = sim2.context.getState(getPositions=True, getVelocities=True, getEnergy=True)
         vol = state.getPeriodicBoxVolume().value_in_unit(unit.nanometer**3)
         log(
             _energy_line(
@@ -541,7 +542,21 @@ def equilibrate(
     topo_box = [openmm.Vec3(*row) for row in units.positions_to_openmm(cell)]
     setup.topology.setPeriodicBoxVectors(topo_box)
     setup.write_pdb(out / "equilibrated.pdb", positions)
+    # Production continues with these velocities: fresh Maxwell-Boltzmann ones, projected onto
+    # the constraints (rigid water), start far below the target (~155 K for 300 K).
+    with atomic_path(out / "equilibrated_velocities.npz", suffix=".npz") as tmp:
+        np.savez(tmp, velocities=velocities_of(state), units="Angstrom/fs")
     return positions, cell
+
+
+def _equilibrated_velocities(out: Path, n: int) -> np.ndarray | None:
+    """The velocities (A/fs) equilibrate() left in out, or None (none, or not this system's)."""
+    path = out / "equilibrated_velocities.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as f:
+        v = np.asarray(f["velocities"], dtype=float)
+    return v if v.shape == (n, 3) and np.isfinite(v).all() else None
 
 
 def _read_pdb(path: Path, setup: MLMMSystem) -> tuple[np.ndarray, np.ndarray]:
@@ -654,5 +669,6 @@ def run_mlmm(
         system=setup.system,
         topology=setup.topology,
         ml_atoms=setup.ml_atoms if setup.model is not None else None,
+        velocities=None if resume else _equilibrated_velocities(out, len(numbers)),
         **md_args,
     )

@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 import mlsim
-from mlsim import units
 from mlsim._fileio import write_json, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,17 +67,19 @@ def model_for(name: str) -> tuple[torch.nn.Module, str]:
 def context(system, positions_a: np.ndarray, cell_a: np.ndarray):
     """A minimised context (CPU platform, 1 thread) with LangevinMiddle at 300 K, 1 fs."""
     import openmm
-    from openmm import unit
 
-    integ = openmm.LangevinMiddleIntegrator(
-        300 * unit.kelvin, 1 / unit.picosecond, 0.001 * unit.picosecond
+    from mlsim.openmm._engine import (
+        langevin_integrator,
+        make_context,
+        set_positions,
+        set_velocities,
     )
-    integ.setRandomNumberSeed(1)
-    ctx = openmm.Context(system, integ, openmm.Platform.getPlatformByName("CPU"), {"Threads": "1"})
-    ctx.setPeriodicBoxVectors(*units.positions_to_openmm(cell_a))
-    ctx.setPositions(units.positions_to_openmm(positions_a))
+
+    integ = langevin_integrator(1.0, 300.0, 1.0, seed=1)
+    ctx = make_context(system, integ, "CPU", threads=1)
+    set_positions(ctx, positions_a, cell_a)
     openmm.LocalEnergyMinimizer.minimize(ctx, 10.0, 200)
-    ctx.setVelocitiesToTemperature(300 * unit.kelvin, 1)
+    set_velocities(ctx, 300.0, seed=1)
     integ.step(20)  # warm-up (TorchScript's first calls compile)
     return ctx, integ, ctx.getState(getPositions=True, getVelocities=True)
 

@@ -210,10 +210,10 @@ def _charges(system: Any) -> list[float]:
 
 def openmm_system_method(system: Any, numbers: np.ndarray, key: str, label: str) -> Method:
     """Wrap an existing OpenMM System (e.g. Amber14 alanine dipeptide) as a Method."""
-    import openmm
+    from mlsim.openmm._engine import evaluate as evaluate_context
+    from mlsim.openmm._engine import make_context
 
-    platform = openmm.Platform.getPlatformByName("Reference")  # double precision forces
-    context = openmm.Context(system, openmm.VerletIntegrator(1e-3), platform)
+    context = make_context(system, None, "Reference")  # double precision forces
     numbers = np.asarray(numbers).copy()
 
     def evaluate(s: Structure) -> tuple[float, np.ndarray]:
@@ -221,13 +221,7 @@ def openmm_system_method(system: Any, numbers: np.ndarray, key: str, label: str)
         if not np.array_equal(s.numbers, numbers):
             raise ValueError("structure's atoms differ from the force-field template's")
         _require_molecule(s)
-        context.setPositions(units.positions_to_openmm(s.positions))
-        state = context.getState(getEnergy=True, getForces=True)
-        e = state.getPotentialEnergy().value_in_unit(openmm.unit.kilojoule_per_mole)
-        f = state.getForces(asNumpy=True).value_in_unit(
-            openmm.unit.kilojoule_per_mole / openmm.unit.nanometer
-        )
-        return float(units.energy_from_openmm(e)), units.forces_from_openmm(f)
+        return evaluate_context(context, s.positions)
 
     return Method(key, label, evaluate)
 

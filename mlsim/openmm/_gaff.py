@@ -933,11 +933,9 @@ def prmtop_to_ffxml(prmtop: str | os.PathLike, template_name: str, residue_name:
 
 def _energy_forces(system: Any, positions_nm: np.ndarray) -> tuple[float, np.ndarray]:
     """Energy (kJ/mol) and forces (kJ/mol/nm) of a System on the Reference platform."""
-    import openmm
+    from mlsim.openmm._engine import make_context
 
-    ctx = openmm.Context(
-        system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference")
-    )
+    ctx = make_context(system, None, "Reference")  # kJ/mol here: AmberTools' own units
     ctx.setPositions(positions_nm)
     st = ctx.getState(getEnergy=True, getForces=True)
     e = st.getPotentialEnergy()._value

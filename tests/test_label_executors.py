@@ -436,3 +436,20 @@ def test_cluster_readme_commands_parse():
     for cmd in cmds:
         args = build_parser().parse_args(shlex.split(cmd)[1:])
         assert args.command == "label", cmd
+
+
+def test_xtb_labels_do_not_depend_on_what_the_worker_labelled_before(tmp_path):
+    """tblite restarts its SCC from the previous result: each structure must start fresh, so the
+    same structure gets bit-identical xTB labels in any order, chunking or worker."""
+    pytest.importorskip("tblite")
+    from mlsim.data import ethanol_path, read
+
+    inputs = list(read(ethanol_path("val", "geometries")))[:8]
+    forward, backward = tmp_path / "f.extxyz", tmp_path / "b.extxyz"
+    label(Dataset(inputs), forward, "xtb", progress=False)
+    label(Dataset(inputs[::-1]), backward, "xtb", progress=False)
+    f, b = _labels(forward), _labels(backward)
+    n = len(inputs)
+    for i in range(n):
+        assert f[i].energy == b[n - 1 - i].energy, i
+        np.testing.assert_array_equal(f[i].forces, b[n - 1 - i].forces)

@@ -153,6 +153,10 @@ class AseLabeller:
 
         atoms = s.to_atoms()
         atoms.info.clear()
+        # A fresh start for every structure: calculators that restart from the previous result
+        # (tblite's xTB takes its charges as the SCC guess) would otherwise give labels that
+        # depend on which structures the same worker labelled before (~5e-4 eV/A for xTB).
+        self.calc.reset()
         atoms.calc = self.calc
         t0 = time.perf_counter()
         stress = None

@@ -156,7 +156,9 @@ class AseLabeller:
         # A fresh start for every structure: calculators that restart from the previous result
         # (tblite's xTB takes its charges as the SCC guess) would otherwise give labels that
         # depend on which structures the same worker labelled before (~5e-4 eV/A for xTB).
-        self.calc.reset()
+        reset = getattr(self.calc, "reset", None)  # every ase Calculator has it; duck types may not
+        if callable(reset):
+            reset()
         atoms.calc = self.calc
         t0 = time.perf_counter()
         stress = None

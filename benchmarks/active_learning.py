@@ -65,8 +65,8 @@ def _cached_errors(model_path: Path, sets: dict[str, list], cache: dict) -> dict
 
 
 def _random_arm_iteration(
-    cfg: Any, run: Path, arm: Path, k: int, n_pick: int, epochs: int, seed: int
-) -> Path:
+    cfg: Any, run: Path, arm: Path, k: int, n_pick: int, epochs: int, seed: int, label_only: bool
+) -> Path | None:
     """Label n_pick random frames of iteration k's explored pool and retrain; returns model.pt."""
     from mlsim._fileio import write_json
     from mlsim.data import label, read, write
@@ -94,6 +94,8 @@ def _random_arm_iteration(
         method, options = labeller_options(cfg.reference)
         label(sel, labels, method, progress=True, **options)
         write_json(done, {"labels": labels.name})
+    if label_only:
+        return None
     data = list(read(cfg.path(cfg.initial_data)))
     for j in range(1, k + 1):
         data += list(read(arm / f"iter_{j:03d}" / "labels.extxyz"))
@@ -149,6 +151,9 @@ def main() -> None:
     parser.add_argument("--random", type=Path, default=ETHANOL / "learn_random")
     parser.add_argument("--no-random", action="store_true", help="evaluate the active arm only")
     parser.add_argument("--seed", type=int, default=12345)
+    parser.add_argument(
+        "--label-only", action="store_true", help="label the random arm's frames, train nothing"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "active_learning.json")
     args = parser.parse_args()
 
@@ -158,7 +163,6 @@ def main() -> None:
 
     cfg = load_learn_config(args.learn)
     run = cfg.path(cfg.output)
-    state = json.loads((run / "state.json").read_text())
     sets = {
         "test": list(read(ETHANOL / "ethanol_test_dft.extxyz.gz")),
         "hot": list(read(ETHANOL / "ethanol_hot_test_dft.extxyz.gz")),
@@ -177,23 +181,31 @@ def main() -> None:
         rows.append({"arm": arm, "iteration": 0, "extra_labels": 0,
                      **_cached_errors(boot, sets, cache)})  # fmt: skip
     extra = {"active": 0, "random": 0}
-    for h in state["history"]:
-        k = int(h["iteration"])
-        model = run / f"iter_{k:03d}" / "train" / "model.pt"
-        if not model.is_file() or "train" not in h:
-            continue
-        n = int(h.get("n_selected", 0))
-        extra["active"] += n
-        rows.append({"arm": "active", "iteration": k, "extra_labels": extra["active"],
-                     "epochs": h["train"]["epochs"], **_cached_errors(model, sets, cache)})  # fmt: skip
-        write_json(cache_path, cache)
-        if args.no_random:
-            continue
-        rmodel = _random_arm_iteration(cfg, run, args.random, k, n, h["train"]["epochs"], args.seed)
-        extra["random"] += n
-        rows.append({"arm": "random", "iteration": k, "extra_labels": extra["random"],
-                     "epochs": h["train"]["epochs"], **_cached_errors(rmodel, sets, cache)})  # fmt: skip
-        write_json(cache_path, cache)
+    k = 1
+    while (run / f"iter_{k:03d}" / "selected.json").is_file():
+        folder = run / f"iter_{k:03d}"
+        n = len(json.loads((folder / "selected.json").read_text()))
+        model, summary = folder / "train" / "model.pt", folder / "train" / "summary.json"
+        trained = model.is_file() and summary.is_file()
+        epochs = int(json.loads(summary.read_text())["epochs"]) if trained else None
+        if trained:
+            extra["active"] += n
+            rows.append({"arm": "active", "iteration": k, "extra_labels": extra["active"],
+                         "epochs": epochs, **_cached_errors(model, sets, cache)})  # fmt: skip
+            write_json(cache_path, cache)
+        if args.no_random or not (trained or args.label_only):
+            break
+        rmodel = _random_arm_iteration(
+            cfg, run, args.random, k, n, epochs or 0, args.seed, args.label_only or not trained
+        )
+        if rmodel is not None:
+            extra["random"] += n
+            rows.append({"arm": "random", "iteration": k, "extra_labels": extra["random"],
+                         "epochs": epochs, **_cached_errors(rmodel, sets, cache)})  # fmt: skip
+            write_json(cache_path, cache)
+        if not trained:
+            break
+        k += 1
 
     print(f"{'arm':8s} {'iter':>4s} {'labels':>6s} {'hot F MAE':>10s} {'test F MAE':>10s}")
     for r in rows:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mlsim.analysis._minibatch import check_class_inputs, fit_cross_entropy
+
 __all__ = ["StateClassifier", "split_by_trajectory", "train_state_classifier"]
 
 
@@ -135,10 +137,7 @@ def train_state_classifier(
     n_states = len(state_names)
     if x.ndim != 2 or x.shape[1] != len(feature_names):
         raise ValueError(f"features must be (N, {len(feature_names)}), got {x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError("classifier features contain NaN or inf")
-    if y.min() < 0 or y.max() >= n_states:
-        raise ValueError(f"labels must be in [0, {n_states})")
+    check_class_inputs(x, y, n_states, "classifier features", "labels")
     torch.manual_seed(seed)
     mean, scale = _scaling(x)
     module = _standardised(_mlp(x.shape[1], n_states, hidden, depth), mean, scale)
@@ -146,24 +145,7 @@ def train_state_classifier(
     w = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1.0)), 0.0)
     w = w / w[counts > 0].mean()
     loss_fn = torch.nn.CrossEntropyLoss(weight=torch.as_tensor(w, dtype=torch.float32))
-    opt = torch.optim.Adam(module.parameters(), lr=learning_rate)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n_epochs)
     tx = torch.from_numpy(x.astype(np.float32))
     ty = torch.from_numpy(y)
-    gen = torch.Generator().manual_seed(seed)
-    history = []
-    module.train()
-    for _ in range(n_epochs):
-        perm = torch.randperm(len(tx), generator=gen)
-        total = 0.0
-        for start in range(0, len(tx), batch_size):
-            b = perm[start : start + batch_size]
-            opt.zero_grad()
-            loss = loss_fn(module(tx[b]), ty[b])
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(b)
-        sched.step()
-        history.append(total / len(tx))
-    module.eval()
+    history = fit_cross_entropy(module, loss_fn, tx, ty, n_epochs, batch_size, learning_rate, seed)
     return StateClassifier(module, list(feature_names), list(state_names), mean, history)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mlsim.analysis._kinetics import microstate_membership
+from mlsim.analysis._minibatch import check_class_inputs, fit_cross_entropy
 
 __all__ = [
     "ForecastScores",
@@ -124,27 +125,13 @@ def train_lstm_forecaster(
     y = np.asarray(y, dtype=np.int64)
     if x.ndim != 3 or len(x) != len(y):
         raise ValueError(f"need windows (N, W, D) and N targets, got {x.shape} and {y.shape}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError("forecaster inputs contain NaN or inf")
-    if y.min() < 0 or y.max() >= n_states:
-        raise ValueError(f"targets must be in [0, {n_states})")
+    check_class_inputs(x, y, n_states, "forecaster inputs", "targets")
     torch.manual_seed(seed)
     net = _lstm_module(x.shape[2], n_states, hidden)
-    opt = torch.optim.Adam(net.parameters(), lr=learning_rate)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n_epochs)
-    loss_fn = torch.nn.CrossEntropyLoss()
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-    gen = torch.Generator().manual_seed(seed)
-    net.train()
-    for _ in range(n_epochs):
-        perm = torch.randperm(len(tx), generator=gen)
-        for s in range(0, len(tx), batch_size):
-            b = perm[s : s + batch_size]
-            opt.zero_grad()
-            loss_fn(net(tx[b]), ty[b]).backward()
-            opt.step()
-        sched.step()
-    net.eval()
+    fit_cross_entropy(
+        net, torch.nn.CrossEntropyLoss(), tx, ty, n_epochs, batch_size, learning_rate, seed
+    )
     return LSTMForecaster(net, window, horizon)
 
 

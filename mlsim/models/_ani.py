@@ -13,7 +13,7 @@ from torchani.neighbors import Neighbors  # noqa: E402
 
 from mlsim._schema import Option  # noqa: E402
 from mlsim.models._base import AtomicModel  # noqa: E402
-from mlsim.models._graph import neighbor_pairs, pair_vectors, pairs_within  # noqa: E402
+from mlsim.models._graph import pair_vectors, pairs_within  # noqa: E402
 from mlsim.models._registry import register_architecture  # noqa: E402
 
 __all__ = ["ANIModel"]
@@ -97,8 +97,7 @@ class ANIModel(AtomicModel):
         self, numbers: Tensor, positions: Tensor, cell: Tensor, pbc: Tensor, batch: Tensor
     ) -> tuple[Tensor, Tensor]:
         """Element index (N,) and raw torchani AEV (N, D) of every atom."""
-        pos = positions.to(self.float_dtype())
-        i, j, shifts = neighbor_pairs(pos, cell.to(pos.dtype), pbc, batch, self.cutoff)
+        i, j, shifts = self.half_pairs(positions, cell, pbc, batch)
         return self.features_from_pairs(numbers, positions, cell, pbc, batch, i, j, shifts)
 
     @torch.jit.export
@@ -114,10 +113,8 @@ class ANIModel(AtomicModel):
         shifts: Tensor,
     ) -> tuple[Tensor, Tensor]:
         """Element index and raw AEV from a precomputed half pair list (beyond cutoff ignored)."""
-        species = self.element_index(numbers)
-        pos = positions.to(self.float_dtype())
-        aev = self._aev(species, pos, cell.to(pos.dtype), batch, i, j, shifts)
-        return species, aev
+        species, pos, c = self.network_inputs(numbers, positions, cell)
+        return species, self._aev(species, pos, c, batch, i, j, shifts)
 
     def _aev(
         self,

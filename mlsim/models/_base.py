@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from mlsim.models._graph import neighbor_pairs
 from mlsim.models.blocks import AtomicShift, ElementIndex, EnergyScale
 
-__all__ = ["AtomicModel", "upgrade_state_dict"]
+__all__ = ["AtomicModel", "sum_by_structure", "upgrade_state_dict"]
 
 # State-dict keys of models saved before the element table, shift and scale became blocks
 # (AtomicModel registered them as its own buffers): old name -> new name.
@@ -70,6 +70,16 @@ class AtomicModel(nn.Module):
         """The model's floating-point dtype (its buffers follow .double() and .float())."""
         return self.atomic_shift.self_energy.dtype
 
+    def network_inputs(
+        self, numbers: Tensor, positions: Tensor, cell: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Element indices, and positions and cell in the model's dtype (what the network takes)."""
+        # The blocks' forward() is called directly: nn.Module.__call__ costs microseconds per
+        # call in eager mode, a percent of a small molecule's energy+forces (scripting inlines).
+        species = self.element_index.forward(numbers)
+        pos = positions.to(self.float_dtype())
+        return species, pos, cell.to(pos.dtype)
+
     @torch.jit.export
     def atomic_energies_from_pairs(
         self,
@@ -83,21 +93,22 @@ class AtomicModel(nn.Module):
         shifts: Tensor,
     ) -> Tensor:
         """Per-atom energies (eV) from a precomputed half pair list (pairs beyond cutoff ignored)."""
-        # The blocks' forward() is called directly: nn.Module.__call__ costs microseconds per
-        # call in eager mode, a percent of a small molecule's energy+forces (scripting inlines).
-        species = self.element_index.forward(numbers)
-        pos = positions.to(self.float_dtype())
-        out = self.atomic_outputs_from_pairs(
-            species, pos, cell.to(pos.dtype), pbc, batch, i, j, shifts
-        )
+        species, pos, c = self.network_inputs(numbers, positions, cell)
+        out = self.atomic_outputs_from_pairs(species, pos, c, pbc, batch, i, j, shifts)
         return self.energy_scale.forward(out) + self.atomic_shift.forward(species)
+
+    def half_pairs(
+        self, positions: Tensor, cell: Tensor, pbc: Tensor, batch: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Half pair list (i, j, shifts) within `cutoff`, built in the model's dtype."""
+        pos = positions.to(self.float_dtype())
+        return neighbor_pairs(pos, cell.to(pos.dtype), pbc, batch, self.cutoff)
 
     def atomic_energies(
         self, numbers: Tensor, positions: Tensor, cell: Tensor, pbc: Tensor, batch: Tensor
     ) -> Tensor:
         """Per-atom energies (eV) including the element self energies."""
-        pos = positions.to(self.float_dtype())
-        i, j, shifts = neighbor_pairs(pos, cell.to(pos.dtype), pbc, batch, self.cutoff)
+        i, j, shifts = self.half_pairs(positions, cell, pbc, batch)
         return self.atomic_energies_from_pairs(numbers, positions, cell, pbc, batch, i, j, shifts)
 
     def forward(
@@ -105,8 +116,7 @@ class AtomicModel(nn.Module):
     ) -> Tensor:
         """Total energy (eV) of each of the B structures in the batch."""
         e_atom = self.atomic_energies(numbers, positions, cell, pbc, batch)
-        energy = torch.zeros(cell.shape[0], dtype=e_atom.dtype, device=e_atom.device)
-        return energy.index_add(0, batch, e_atom)
+        return sum_by_structure(e_atom, batch, cell.shape[0])
 
     @torch.jit.export
     def energy_from_pairs(
@@ -122,8 +132,7 @@ class AtomicModel(nn.Module):
     ) -> Tensor:
         """Total energy (eV) per structure from a half pair list: global i, j, int64 shifts (P, 3)."""
         e_atom = self.atomic_energies_from_pairs(numbers, positions, cell, pbc, batch, i, j, shifts)
-        energy = torch.zeros(cell.shape[0], dtype=e_atom.dtype, device=e_atom.device)
-        return energy.index_add(0, batch, e_atom)
+        return sum_by_structure(e_atom, batch, cell.shape[0])
 
     def renamed_state_dict_keys(self) -> dict[str, str]:
         """Old -> new state-dict keys, so weights saved by earlier mlsim versions load."""
@@ -137,6 +146,12 @@ class AtomicModel(nn.Module):
         # it checks for missing and unexpected keys, so a rename here is seen everywhere.
         _rename(state_dict, prefix, self.renamed_state_dict_keys())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def sum_by_structure(values: Tensor, batch: Tensor, n_structures: int) -> Tensor:
+    """Per-atom values (N,) summed over the atoms of each structure: (n_structures,)."""
+    out = torch.zeros(n_structures, dtype=values.dtype, device=values.device)
+    return out.index_add(0, batch, values)
 
 
 def _rename(state: dict[str, Any], prefix: str, renames: Mapping[str, str]) -> None:

@@ -170,10 +170,7 @@ def pairs_within(
     cutoff functions are not zero there (PaiNN's cosine is periodic), so they are dropped here.
     Integers only come out, for the same TorchScript reason as neighbor_pairs.
     """
-    pos = positions.detach()
-    c = cell.detach()
-    image = torch.bmm(shifts.to(pos.dtype).unsqueeze(1), c[batch[i]]).squeeze(1)
-    vec = pos[j] - pos[i] + image
+    vec = pair_vectors(positions.detach(), cell.detach(), batch, i, j, shifts)
     keep = (vec * vec).sum(1) < cutoff * cutoff
     return i[keep], j[keep], shifts[keep]
 
@@ -186,15 +183,16 @@ def element_indices(numbers: Tensor, species_map: Tensor, elements: list[int]) -
     zmin = int(numbers.min())
     if zmin < 0 or zmax >= species_map.shape[0]:
         bad = zmax if zmax >= species_map.shape[0] else zmin
-        raise ValueError(
-            "element with atomic number " + str(bad) + " is not supported by this model "
-            "(it knows atomic numbers " + str(elements) + ")"
-        )
+        raise ValueError(_unknown_element(bad, elements))
     idx = species_map[numbers]
     if bool((idx < 0).any()):
-        bad = int(numbers[idx < 0][0])
-        raise ValueError(
-            "element with atomic number " + str(bad) + " is not supported by this model "
-            "(it knows atomic numbers " + str(elements) + ")"
-        )
+        raise ValueError(_unknown_element(int(numbers[idx < 0][0]), elements))
     return idx
+
+
+def _unknown_element(z: int, elements: list[int]) -> str:
+    """The error message for atomic number z, which a model of `elements` does not know."""
+    return (
+        "element with atomic number " + str(z) + " is not supported by this model "
+        "(it knows atomic numbers " + str(elements) + ")"
+    )

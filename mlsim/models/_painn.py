@@ -65,6 +65,47 @@ class _Update(nn.Module):
         return [s + ds, v + dv]
 
 
+class _PaiNNTrunk(AtomicModel):
+    """PaiNN's message-passing trunk, shared by architectures that differ only in the readout.
+
+    A subclass builds `embedding`, `messages`, `updates`, `rbf` and `fcut` (these names are the
+    state-dict keys saved models load by) and turns `trunk_features` into per-atom outputs.
+    """
+
+    features: int
+
+    def trunk_features(
+        self,
+        species: Tensor,
+        positions: Tensor,
+        cell: Tensor,
+        batch: Tensor,
+        i: Tensor,
+        j: Tensor,
+        shifts: Tensor,
+    ) -> Tensor:
+        """Scalar atom features (N, F) after message passing, from a half pair list."""
+        pos = positions  # already in the model's dtype
+        hi, hj, hshifts = pairs_within(pos, cell, batch, i, j, shifts, self.cutoff)
+        # Messages flow both ways, so expand the half list into a full one. The vectors are built
+        # from the full index list (not by concatenating +-vec): TorchScript's profiling executor
+        # dropped the gradient through that torch.cat.
+        i = torch.cat([hi, hj])
+        j = torch.cat([hj, hi])
+        vec = pair_vectors(pos, cell, batch, i, j, torch.cat([hshifts, -hshifts]))
+        d = torch.sqrt((vec * vec).sum(1))
+        unit = vec / d.unsqueeze(1)
+        rbf = self.rbf.forward(d)  # forward(): see AtomicModel.network_inputs
+        fcut = self.fcut.forward(d)
+        n = species.shape[0]
+        s = self.embedding(species).to(pos.dtype)
+        v = torch.zeros(n, 3, self.features, dtype=pos.dtype, device=pos.device)
+        for msg, upd in zip(self.messages, self.updates):
+            s, v = msg(s, v, i, j, rbf, fcut, unit)
+            s, v = upd(s, v)
+        return s
+
+
 @register_architecture(
     "painn",
     hyperparameters={
@@ -74,7 +115,7 @@ class _Update(nn.Module):
         "num_rbf": Option("radial basis functions", ge=1),
     },
 )
-class PaiNNModel(AtomicModel):
+class PaiNNModel(_PaiNNTrunk):
     """PaiNN-like equivariant message-passing potential; energies in eV, lengths in Angstrom."""
 
     cutoff: float
@@ -124,22 +165,5 @@ class PaiNNModel(AtomicModel):
         shifts: Tensor,
     ) -> Tensor:
         """Per-atom network outputs (N,) from a half pair list (pairs beyond cutoff ignored)."""
-        pos = positions  # already in the model's dtype
-        hi, hj, hshifts = pairs_within(pos, cell, batch, i, j, shifts, self.cutoff)
-        # Messages flow both ways, so expand the half list into a full one. The vectors are built
-        # from the full index list (not by concatenating +-vec): TorchScript's profiling executor
-        # dropped the gradient through that torch.cat.
-        i = torch.cat([hi, hj])
-        j = torch.cat([hj, hi])
-        vec = pair_vectors(pos, cell, batch, i, j, torch.cat([hshifts, -hshifts]))
-        d = torch.sqrt((vec * vec).sum(1))
-        unit = vec / d.unsqueeze(1)
-        rbf = self.rbf.forward(d)  # forward(): see AtomicModel.atomic_energies_from_pairs
-        fcut = self.fcut.forward(d)
-        n = species.shape[0]
-        s = self.embedding(species).to(pos.dtype)
-        v = torch.zeros(n, 3, self.features, dtype=pos.dtype, device=pos.device)
-        for msg, upd in zip(self.messages, self.updates):
-            s, v = msg(s, v, i, j, rbf, fcut, unit)
-            s, v = upd(s, v)
+        s = self.trunk_features(species, positions, cell, batch, i, j, shifts)
         return self.readout(s).view(-1)

@@ -29,6 +29,7 @@ __all__ = [
     "alanine_zmatrix",
     "amber14_system",
     "build_alanine_dipeptide_pdb",
+    "pdb_system",
 ]
 
 ALANINE_PDB = Path(__file__).with_name("alanine_dipeptide.pdb")
@@ -179,11 +180,18 @@ def alanine_dipeptide(
     ``constraints`` is "HBonds" (2 fs MD) or None (all bonds flexible: the density the learned
     propagator's Metropolis-Hastings test targets, see mlsim.propagators).
     """
+    return pdb_system(ALANINE_PDB, solvent, constraints, "build_alanine_dipeptide_pdb()")
+
+
+def pdb_system(
+    path: Path, solvent: str, constraints: str | None, build_call: str
+) -> MolecularSystem:
+    """Amber14 MolecularSystem of a built PDB; if it is missing, say which `build_call` makes it."""
     from openmm import app, unit
 
-    if not ALANINE_PDB.exists():
-        raise FileNotFoundError(f"{ALANINE_PDB} missing; run build_alanine_dipeptide_pdb()")
-    pdb = app.PDBFile(str(ALANINE_PDB))
+    if not path.exists():
+        raise FileNotFoundError(f"{path} missing; run {build_call}")
+    pdb = app.PDBFile(str(path))
     system = amber14_system(pdb.topology, solvent, constraints)
     pos = positions_from_openmm(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
     key = "none" if constraints is None else str(constraints).lower()

@@ -16,10 +16,12 @@ Timing: each size runs in its own process, the methods interleaved round by roun
 median over rounds of CPU time (process_time, robust on a shared machine) and wall time. Peak
 memory: one process per (size, method) that builds the method and runs two calls; VmHWM (peak
 resident set) from /proc/self/status, and its rise over the process before the method was built.
-Then the user paths of the fast model (compute_properties, MLCalculator, OpenMM TorchForce), the
-batched evaluation of replicas, and the exactness of the transformation.
+Then the user paths of the fast model (compute_properties, MLCalculator, OpenMM TorchForce and
+PythonForce) against its bare call, the batched evaluation of replicas, and the exactness of the
+transformation.
 
     .venv/bin/python benchmarks/inference.py [--rounds 3] [--sizes 9 22 1029 3000 10125] [--quick]
+    .venv/bin/python benchmarks/inference.py --paths-only --sizes 9 22   # user paths into the JSON
 """
 
 from __future__ import annotations
@@ -358,7 +360,11 @@ def worker_memory(n_atoms: int, method: str) -> dict:
 
 
 def worker_paths(n_atoms: int, rounds: int, budget: float) -> dict:
-    """The fast model through each user path vs the same path with the original model (ms)."""
+    """The fast model through each user path vs the same path with the original model (ms).
+
+    "model call (fast)" is the bare call (forward + autograd forces, as mlsim-fast above): the
+    floor the user paths are measured against, in the same process and rounds.
+    """
     import torch
 
     from mlsim.ase import MLCalculator
@@ -370,6 +376,15 @@ def worker_paths(n_atoms: int, rounds: int, budget: float) -> dict:
     fast = optimize_for_inference(original, backend="cpp")
     args = model_inputs(atoms)
 
+    def bare(model):
+        n, x, cell, pbc, b = args
+
+        def run() -> None:
+            pos = x.clone().requires_grad_(True)
+            torch.autograd.grad([model(n, pos, cell, pbc, b).sum()], [pos])
+
+        return run
+
     def props(model):
         return lambda: compute_properties(model, *args)
 
@@ -378,14 +393,14 @@ def worker_paths(n_atoms: int, rounds: int, budget: float) -> dict:
         a.calc = MLCalculator(model, **kw)
         return _ase_runner(a)
 
-    def omm(model):
+    def omm(model, backend):
         import openmm
 
         from mlsim.data import Structure
         from mlsim.openmm import create_system
 
         s = Structure.from_atoms(atoms)
-        system = create_system(model, s, backend="torch")
+        system = create_system(model, s, backend=backend)
         ctx = openmm.Context(
             system,
             openmm.VerletIntegrator(0.0005),
@@ -403,12 +418,15 @@ def worker_paths(n_atoms: int, rounds: int, budget: float) -> dict:
         return run
 
     runners = {
+        "model call (fast)": bare(fast),
         "compute_properties (original)": props(original),
         "compute_properties (fast)": props(fast),
         "MLCalculator (original)": ase(original),
         "MLCalculator(fast=True)": ase(original, fast=True),
-        "OpenMM TorchForce (original)": omm(original),
-        "OpenMM TorchForce (fast)": omm(fast),
+        "OpenMM TorchForce (original)": omm(original, "torch"),
+        "OpenMM TorchForce (fast)": omm(fast, "torch"),
+        "OpenMM PythonForce (original)": omm(original, "python"),
+        "OpenMM PythonForce (fast)": omm(fast, "python"),
     }
     for run in runners.values():
         run()
@@ -427,8 +445,13 @@ def worker_paths(n_atoms: int, rounds: int, budget: float) -> dict:
                 run()
             samples[m].append((time.process_time() - c0) / calls[m] * 1e3)
             walls[m].append((time.perf_counter() - t0) / calls[m] * 1e3)
+    floor = statistics.median(samples["model call (fast)"])
     return {
-        m: {"ms_cpu": statistics.median(samples[m]), "ms_wall": statistics.median(walls[m])}
+        m: {
+            "ms_cpu": statistics.median(samples[m]),
+            "ms_wall": statistics.median(walls[m]),
+            "over_model_call_fast": statistics.median(samples[m]) / floor,
+        }
         for m in runners
     }
 
@@ -566,6 +589,11 @@ def main(argv: list[str] | None = None) -> int:
         "--rss-cap-mb", type=float, default=8000.0, help="stop a memory worker above this"
     )
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument(
+        "--paths-only",
+        action="store_true",
+        help="re-run only the user paths (9, 22 atoms and --sizes' 1029) into the existing JSON",
+    )
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -584,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.sizes, args.rounds = [9, 1029], 2
+    if args.paths_only:
+        return paths_main(args)
     import torch
 
     from mlsim._fileio import write_json
@@ -620,16 +650,47 @@ def main(argv: list[str] | None = None) -> int:
         _print_table(n, rows)
         write_json(args.out, results)  # partial results survive a later failure
     print("user paths of the fast model ...", flush=True)
-    results["paths"] = {
-        str(n): _spawn(["paths", str(n), str(args.rounds), str(args.budget)])
-        for n in args.sizes
-        if n in (9, 1029)
-    }
+    results["paths"] = _paths(args)
     results["replicas"] = {"ethanol_x16": _spawn(["replicas", "16", str(args.rounds)])}
     results["exactness"] = _spawn(["exactness"])
     _summarise(results)
     write_json(args.out, results)
     print(json.dumps({k: results[k] for k in ("paths", "replicas", "summary")}, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _paths(args: argparse.Namespace) -> dict:
+    """User-path rows for the molecules (and the 1,029-atom box when among the sizes)."""
+    paths = {}
+    for n in args.sizes:
+        if n in (9, 22, 1029):
+            print(f"user paths, {n} atoms ...", flush=True)
+            paths[str(n)] = _spawn(["paths", str(n), str(args.rounds), str(args.budget)])
+    return paths
+
+
+def paths_main(args: argparse.Namespace) -> int:
+    """--paths-only: measure the user paths and put them into the existing JSON."""
+    from mlsim._fileio import write_json
+
+    try:
+        results = json.loads(args.out.read_text())
+    except (OSError, ValueError):
+        results = {"benchmark": "inference"}
+    results["paths"] = _paths(args)
+    results["paths_load_average_at_start"] = os.getloadavg()
+    write_json(args.out, results)
+    for n, rows in results["paths"].items():
+        print(f"{n} atoms:")
+        for m, r in rows.items():
+            if "ms_cpu" in r:
+                print(
+                    f"  {m:32s} {r['ms_cpu']:9.3f} ms cpu {r['ms_wall']:9.3f} ms wall "
+                    f"{r['over_model_call_fast']:6.2f}x model call"
+                )
+            else:
+                print(f"  {m:32s} {r}")
     print(f"wrote {args.out}")
     return 0
 

@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import ase.io
@@ -307,3 +308,46 @@ def test_cpp_host_without_python_runs_exported_files(tmp_path):
         numbers = [float(x) for x in proc.stdout.split()]
         result = {"energy": numbers[0], "forces": np.reshape(numbers[1:], (-1, 3)).tolist()}
         assert_matches_mlsim(result, structure)
+
+
+def test_exported_fast_models_load_in_plain_hosts(tmp_path):
+    """optimize_for_inference models: a molecule's file needs no mlsim op (the C++ kernel is
+    swapped for its TorchScript twin) and runs in a host with only torch, openmm and openmm-torch;
+    a periodic one calls the kernel's ops, which `uses_mlsim_ops` sees and which the op library
+    provides in a host without mlsim."""
+    from mlsim.models._fast import kernel_available, kernel_library_path
+
+    ok, why = kernel_available()
+    if not ok:
+        pytest.skip(f"no C++ kernel: {why}")
+    assert kernel_library_path() == ops_library_path()  # built into libmlsim_torch.so
+    fast = models.optimize_for_inference(MODEL, backend="cpp")
+    assert fast.use_kernel
+    structure = Structure.from_atoms(ase.io.read(ETHANOL_FRAMES, index=1))
+    out = export_torchforce(fast, structure.numbers, tmp_path / "fast_molecule.pt")
+    assert not uses_mlsim_ops(out)
+    result = run_host(out, structure)
+    assert result["mlsim_modules"] == []
+    assert_matches_mlsim(result, structure)
+    # On request the molecule's file keeps the kernel (faster; its host loads the op library).
+    kept = export_torchforce(fast, structure.numbers, tmp_path / "kept.pt", self_contained=False)
+    assert uses_mlsim_ops(kept)
+
+    base = molecule("CH3CH2OH")
+    box = Structure(
+        numbers=np.tile(base.numbers, 2),
+        positions=np.concatenate(
+            [base.positions + 2.5, base.positions @ np.diag([1, -1, 1]) + 6.5]
+        ),
+        cell=np.eye(3) * 9.0,
+        pbc=True,
+    )
+    out = export_torchforce(fast, box.numbers, tmp_path / "fast_box.pt", periodic=True)
+    assert uses_mlsim_ops(out)
+    with zipfile.ZipFile(out) as archive:  # the kernel is in the file, not its TorchScript twin
+        code = b"".join(archive.read(n) for n in archive.namelist() if n.endswith(".py"))
+    assert b"ops.mlsim_fast.painn_energy_grad" in code
+    result = run_host(out, box, library=ops_library_path())
+    assert "mlsim_fast::" in result["error_before_load"] or "mlsim::" in result["error_before_load"]
+    assert result["mlsim_modules"] == []
+    assert_matches_mlsim(result, box)

@@ -297,3 +297,122 @@ def test_cpp_backend_without_a_kernel_says_why(monkeypatch) -> None:
         optimize_for_inference(model, backend="cpp")
     fast = optimize_for_inference(model, backend="auto")
     assert not fast.use_kernel
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_direct_gradients_equal_autograd_of_the_fast_energy(backend: str) -> None:
+    """compute_properties takes energy_and_gradients (no autograd) for a fast model; its forces
+    and stress equal autograd's derivatives of the same model's energy (float64 rounding), for
+    batches of molecules and periodic cells, with and without a caller's pair list."""
+    from mlsim.neighbors import neighbor_list
+
+    model = _painn([1, 6, 8], features=32, layers=2, seed=4)
+    fast = optimize_for_inference(model, backend=backend)
+    for batch, stress in [([_ethanol(3), _ethanol(4)], False), ([_water_box(6)], True)]:
+        args = _inputs(batch)
+        direct = compute_properties(fast, *args, stress=stress)
+        # Positions that require grad select the autograd path (the caller keeps its graph).
+        pos = args[1].clone().requires_grad_(True)
+        graph = compute_properties(fast, args[0], pos, *args[2:], stress=stress)
+        assert direct["forces"].grad_fn is None and graph["forces"].grad_fn is None
+        torch.testing.assert_close(direct["energy"], graph["energy"].detach(), rtol=1e-13, atol=0)
+        assert _max_rel(direct["forces"], graph["forces"]) < 1e-12
+        if stress:
+            assert _max_rel(direct["stress"], graph["stress"]) < 1e-12
+            a = batch[0]
+            i, j, s = neighbor_list(a.positions, 5.5, a.cell.array, a.pbc, full=False)
+            pairs = tuple(torch.as_tensor(x, dtype=torch.long) for x in (i, j, s))
+            listed = compute_properties(fast, *args, stress=True, pairs=pairs)
+            assert _max_rel(listed["forces"], graph["forces"]) < 1e-12
+            assert _max_rel(listed["stress"], graph["stress"]) < 1e-12
+    # energy_and_gradients itself: dE/dcell of a periodic cell, and the shortest pair distance.
+    numbers, pos, cell, pbc, batch = _inputs([_water_box(7)])
+    i, j, s = fast.pairs(pos, cell, pbc, batch)
+    _, gpos, gcell, dmin = fast.energy_and_gradients(numbers, pos, cell, pbc, batch, i, j, s, True)
+    c = cell.clone().requires_grad_(True)
+    p = pos.clone().requires_grad_(True)
+    grads = torch.autograd.grad(fast(numbers, p, c, pbc, batch).sum(), [p, c])
+    assert _max_rel(gpos, grads[0]) < 1e-12 and _max_rel(gcell, grads[1]) < 1e-12
+    vec = pos[j] - pos[i] + s.double() @ cell[0]
+    assert float(dmin) == pytest.approx(float(vec.norm(dim=1).min()), rel=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fast_user_paths_keep_every_safety_check(backend: str) -> None:
+    """The direct path of compute_properties and MLCalculator(fast=...) refuse what the plain
+    path refuses, with the same messages: overlapping atoms (also via a periodic image and with
+    the calculator's reused list), unknown elements, non-finite positions, non-finite results."""
+    from ase import Atoms
+
+    from mlsim.ase import MLCalculator
+
+    model = _painn([1, 6, 8])
+    fast = optimize_for_inference(model, backend=backend)
+    atoms = _ethanol(9)
+    atoms.positions[7] = atoms.positions[2] + [0.05, 0.0, 0.0]
+    with pytest.raises(ValueError, match=r"atom 2 \(O\) and atom 7 \(H\) .*0\.05 A apart"):
+        compute_properties(fast, *_inputs([atoms]))
+    for skin in (0.5, 0.0):
+        mol = _ethanol(9)
+        mol.calc = MLCalculator(model, skin=skin, fast=backend)
+        mol.get_forces()
+        mol.positions[7] = mol.positions[2]  # onto the O: the reused list holds the pair
+        with pytest.raises(ValueError, match=r"atom 2 \(O\) and atom 7 \(H\) .* 0 A apart"):
+            mol.get_forces()
+    box = Atoms("OH", positions=[[0.02, 1, 1], [5.97, 1, 1]], cell=[6, 6, 6], pbc=True)
+    box.calc = MLCalculator(model, fast=backend)
+    with pytest.raises(ValueError, match=r"atom 0 \(O\) and atom 1 \(H\) .*0\.05 A apart"):
+        box.get_potential_energy()
+    chloro = molecule("CH3Cl")
+    chloro.calc = MLCalculator(model, fast=backend)
+    with pytest.raises(ValueError, match=r"Cl \(Z=17\)"):
+        chloro.get_potential_energy()
+    broken = _ethanol(10)
+    broken.calc = MLCalculator(model, fast=backend)
+    broken.get_potential_energy()
+    broken.positions[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        broken.get_forces()
+    # A damaged model (NaN weights) is named, not returned.
+    damaged = optimize_for_inference(model, backend=backend)
+    damaged.ro_w2.fill_(float("nan"))
+    with pytest.raises(ValueError, match=r"non-finite .*structure 0 \(C2H6O"):
+        compute_properties(damaged, *_inputs([_ethanol(11)]))
+    # min_distance beyond the cutoff is still checked (by the separate search).
+    far = _inputs([molecule("H2O")])
+    far = (far[0], far[1] * 3.0, *far[2:])
+    with pytest.raises(ValueError, match="closer than 6.0 A"):
+        compute_properties(fast, *far, min_distance=6.0)
+
+
+def test_calculator_check_state_agrees_with_ase() -> None:
+    """MLCalculator's faster check_state reports what ASE's compare_atoms reports, change by
+    change (positions by 1e-16 A or 1e-7 A, cell, pbc, numbers, a new array, NaN)."""
+    from ase.calculators.calculator import compare_atoms
+
+    from mlsim.ase import MLCalculator
+
+    calc = MLCalculator(_painn([1, 6, 8]), fast=False)
+    base = _ethanol(12)
+    calc.atoms = base.copy()
+    cases = []
+    for edit in range(8):
+        a = base.copy()
+        if edit == 1:
+            a.positions[3, 1] += 1e-16
+        elif edit == 2:
+            a.positions[3, 1] += 1e-7
+        elif edit == 3:
+            a.cell = np.eye(3) * 10.0
+        elif edit == 4:
+            a.pbc = [True, False, False]
+        elif edit == 5:
+            a.numbers[0] = 1
+        elif edit == 6:
+            a.set_initial_magnetic_moments(np.ones(len(a)))
+        elif edit == 7:
+            a.positions[0, 0] = np.nan
+        cases.append(a)
+    for a in cases:
+        assert sorted(calc.check_state(a)) == sorted(compare_atoms(calc.atoms, a))
+    assert calc.check_state(cases[0]) == [] and calc.check_state(cases[2]) == ["positions"]

@@ -459,3 +459,89 @@ def test_interpolated_ml_mm_and_xml_round_trip():
     assert energy(mixed, 1.0) == pytest.approx(
         ase_energy_forces(model, Structure(nums, x))[0], rel=1e-6
     )
+
+
+def _moves(structure: Structure, steps: int, seed: int = 0):
+    """Positions and cells (A) of a short random walk (0.02 A per step) that starts with one atom
+    0.005 A inside the box, then that atom 0.01 A across the box edge, then a rescaled box:
+    what MD with a barostat shows a force."""
+    rng = np.random.default_rng(seed)
+    pos = structure.positions.copy()
+    edge = int(np.argmin(pos[:, 0]))
+    pos[:, 0] += 0.005 - pos[edge, 0]  # a translation: the same crystal
+    cell = structure.cell.copy()
+    yield pos.copy(), cell.copy()
+    for _ in range(steps):
+        step = rng.normal(scale=0.02 / math.sqrt(3), size=pos.shape)
+        step[edge] = 0.0
+        pos = pos + step
+        yield pos.copy(), cell.copy()
+    pos[edge, 0] -= 0.01
+    yield pos.copy(), cell.copy()
+    yield pos * 1.01, cell * 1.01
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_periodic_neighbor_list_reuse_with_skin(fast):
+    """A periodic OpenMM module keeps its cutoff + skin list while atoms move less than skin/2
+    and gives the numbers of a module that searches every call, also frozen as openmm-torch
+    freezes TorchForce modules; crossing the box edge needs no rebuild, a new box does."""
+    from mlsim.openmm._module import OpenMMEnergy, OpenMMEnergyForces
+
+    model = painn()
+    if fast:
+        model = models.optimize_for_inference(model)
+    box = water_box()
+    numbers = box.numbers.tolist()
+    for cls in (OpenMMEnergyForces, OpenMMEnergy):
+        ref = cls(model, numbers, periodic=True, skin=0.0)
+        reused = cls(model, numbers, periodic=True, skin=1.0)
+        frozen = torch.jit.freeze(torch.jit.script(cls(model, numbers, periodic=True)).eval())
+        assert ref.direct == fast and not ref.reuse_list and reused.reuse_list
+        calls = 0
+        for pos_a, cell_a in _moves(box, 8):
+            pos = torch.tensor(units.positions_to_openmm(pos_a))
+            cell = torch.tensor(units.positions_to_openmm(cell_a))
+            results = []
+            for m in (ref, reused, frozen):
+                p = pos.clone().requires_grad_(cls is OpenMMEnergy)
+                out = m(p, cell)
+                if cls is OpenMMEnergy:
+                    out = (out, -torch.autograd.grad(out, p)[0])
+                results.append([t.detach() for t in out])
+            for e, f in results[1:]:
+                assert float(e) == pytest.approx(float(results[0][0]), rel=1e-12, abs=1e-9)
+                torch.testing.assert_close(f, results[0][1], rtol=1e-9, atol=1e-9)
+            calls += 1
+        # 8 steps of 0.02 A and an atom leaving the box: one build; the new box: a second.
+        assert reused.list_builds == 2 and frozen.list_builds == 2 and calls == 11
+    with pytest.raises(ValueError, match="skin"):
+        OpenMMEnergyForces(model, numbers, periodic=True, skin=-1.0)
+
+
+def test_fast_model_in_openmm_direct_forces_and_ml_subset():
+    """A model from optimize_for_inference in both OpenMM backends gives the original model's
+    energy and forces (spline accuracy); with a subset of ML atoms (ML/MM), forces land on them."""
+    from mlsim.openmm._module import OpenMMEnergyForces
+
+    model = painn()
+    fast = models.optimize_for_inference(model)
+    base = ethanol()
+    for backend in ("torch", "python"):
+        system = create_system(fast, base, backend=backend)
+        assert f"mlsim ({backend})" == system.getForce(0).getName()
+        e_mm, f_mm = openmm_energy_forces(system, base, "CPU")
+        e_ase, f_ase = ase_energy_forces(model, base)
+        assert e_mm == pytest.approx(e_ase, rel=1e-8)
+        np.testing.assert_allclose(f_mm, f_ase, rtol=0, atol=1e-6 * np.abs(f_ase).max())
+    atoms = [2, 3, 5, 6, 7, 8, 9, 10, 11]  # ethanol's atoms among 12 particles
+    pos = torch.ones(12, 3, dtype=torch.float64)
+    pos[atoms] = torch.tensor(units.positions_to_openmm(base.positions))
+    e_ref, f_ref = OpenMMEnergyForces(model, base.numbers, atoms=atoms)(pos)
+    module = torch.jit.script(OpenMMEnergyForces(fast, base.numbers, atoms=atoms))
+    assert module.direct and module.fixed_pairs
+    e, f = module(pos)
+    assert float(e) == pytest.approx(float(e_ref), rel=1e-8)
+    others = [k for k in range(12) if k not in atoms]
+    assert float(f[others].abs().max()) == 0.0
+    torch.testing.assert_close(f, f_ref, rtol=0, atol=1e-6 * float(f_ref.abs().max()))

@@ -13,8 +13,12 @@ compute_properties and OpenMM use (forward, energy_from_pairs, elements, cutoff)
   caller that differentiates the energy (forces, stress, OpenMM) works unchanged. Second
   derivatives (training on forces) are not available: train the original model.
 - backend "cpp": the whole evaluation (pairs, layers, reverse pass) is one call of a fused C++
-  kernel (_fast_kernel.cpp, compiled on first use with the system C++ compiler, cached per
-  machine): no (pairs, 3, features) temporaries, no per-op overhead, memory O(atoms + pairs).
+  kernel (csrc/painn_fast_torch.cpp, built into mlsim's op library libmlsim_torch.so; compiled
+  on first use only where that library predates it): no (pairs, 3, features) temporaries, no
+  per-op overhead, memory O(atoms + pairs). A file of such a model needs that library in its
+  host, like a periodic OpenMM export.
+- energy_and_gradients returns energy, dE/dR and dE/dcell without autograd (no graph, no
+  backward call): compute_properties, MLCalculator and the OpenMM modules use it.
   backend "torch": the same math in TorchScript, pairs in cache-sized chunks, the gradient passed
   to autograd as the first-order surrogate E + sum(dE/dR . (R - R0)) with R0 a copy of R (value
   exactly E, gradient exactly dE/dR); it needs no compiler and no custom op (a TorchForce file of
@@ -46,6 +50,8 @@ __all__ = [
     "kernel_library_path",
     "optimize_for_inference",
     "spline_error",
+    "uses_kernel",
+    "without_kernel",
 ]
 
 BACKENDS = ("auto", "cpp", "torch")
@@ -57,7 +63,8 @@ DEFAULT_KNOTS = 256
 # Pairs per chunk in the TorchScript backend: (chunk, 3, F) float32 temporaries of ~0.4 MB at
 # F = 32 stay in a core's L2 cache (1,029 waters: 1024 -> 105 ms, 8192 -> 141 ms, unchunked 221).
 DEFAULT_CHUNK = 1024
-_SOURCE = Path(__file__).with_name("_fast_kernel.cpp")
+# The kernel's source, for the JIT fallback (a source checkout whose op library predates it).
+_SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "painn_fast_torch.cpp"
 
 
 def _silu_grad(h: Tensor) -> Tensor:
@@ -200,14 +207,33 @@ _KERNEL_LOCK = threading.Lock()
 _KERNEL_STATE: dict[str, object] = {}
 
 
+def _kernel_registered() -> bool:
+    """Whether torch.ops.mlsim_fast has the kernel's ops (from libmlsim_torch.so or a JIT build)."""
+    return hasattr(torch.ops, "mlsim_fast") and hasattr(torch.ops.mlsim_fast, "painn_energy_grad")
+
+
 def _load_kernel() -> bool:
-    """Compile (once per machine and source) and load the C++ kernel; False if that fails."""
+    """Find the C++ kernel (built into the op library) or, failing that, compile it once per
+    machine and source (JIT, needs a compiler); False if neither works."""
     with _KERNEL_LOCK:
         if "ok" in _KERNEL_STATE:
             return bool(_KERNEL_STATE["ok"])
-        if hasattr(torch.ops, "mlsim_fast") and hasattr(torch.ops.mlsim_fast, "painn_energy"):
-            _KERNEL_STATE["ok"] = True
-            return True
+        try:  # importing mlsim.neighbors loads libmlsim_torch.so, which registers the ops
+            from mlsim.neighbors import ops_library_path
+
+            if _kernel_registered():
+                _KERNEL_STATE.update(ok=True, path=ops_library_path(), error="")
+                return True
+        except ImportError:
+            pass
+        if not _SOURCE.is_file():
+            _KERNEL_STATE.update(
+                ok=False,
+                path="",
+                error=f"mlsim's op library has no fused kernel and its source {_SOURCE} is not "
+                "here to compile; rebuild mlsim (`make install`)",
+            )
+            return False
         try:
             from torch.utils.cpp_extension import load
 
@@ -221,7 +247,7 @@ def _load_kernel() -> bool:
                 verbose=False,
             )
             _KERNEL_STATE["path"] = str(path) if path else ""
-            ok = hasattr(torch.ops.mlsim_fast, "painn_energy")
+            ok = _kernel_registered()
             _KERNEL_STATE["error"] = "" if ok else "the library loaded but registered no op"
         except Exception as exc:  # noqa: BLE001 - no compiler, no headers, a failed build
             ok = False
@@ -247,8 +273,9 @@ def kernel_available() -> tuple[bool, str]:
 
 
 def kernel_library_path() -> str:
-    """The compiled kernel library (built if needed): what a C++ host must load (dlopen) before
-    it loads a TorchScript file of a backend="cpp" model; "" if the kernel is not available."""
+    """The library that registers the kernel's ops (libmlsim_torch.so, or the JIT build): what a
+    C++ host must load (dlopen) before a TorchScript file of a backend="cpp" model; "" if the
+    kernel is not available."""
     return str(_KERNEL_STATE.get("path", "")) if _load_kernel() else ""
 
 
@@ -620,20 +647,111 @@ class FastPaiNN(nn.Module):
         """Total energy (eV) per structure from a half pair list (pairs beyond cutoff ignored)."""
         return self._energy(numbers, positions, cell, pbc, batch, i, j, shifts)
 
-    def forward(
-        self, numbers: Tensor, positions: Tensor, cell: Tensor, pbc: Tensor, batch: Tensor
-    ) -> Tensor:
-        """Total energy (eV) of each of the B structures in the batch."""
+    @torch.jit.export
+    def pairs(
+        self, positions: Tensor, cell: Tensor, pbc: Tensor, batch: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The half pair list forward uses: all pairs of one small molecule (the evaluation drops
+        those beyond the cutoff), else the neighbor list within the cutoff."""
         n = positions.shape[0]
         if cell.shape[0] == 1 and n <= 64 and not bool(pbc.any()):
             # One small molecule: every pair, in one op (no neighbor-list set-up).
             ij = torch.triu_indices(n, n, 1, device=positions.device)
-            i = ij[0]
-            j = ij[1]
-            shifts = torch.zeros(i.shape[0], 3, dtype=torch.long, device=positions.device)
-        else:
-            pos = positions.detach().to(self.float_dtype())
-            i, j, shifts = neighbor_pairs(pos, cell.detach().to(pos.dtype), pbc, batch, self.cutoff)
+            shifts = torch.zeros(ij.shape[1], 3, dtype=torch.long, device=positions.device)
+            return ij[0], ij[1], shifts
+        pos = positions.detach().to(self.float_dtype())
+        return neighbor_pairs(pos, cell.detach().to(pos.dtype), pbc, batch, self.cutoff)
+
+    @torch.jit.export
+    def energy_and_gradients(
+        self,
+        numbers: Tensor,
+        positions: Tensor,
+        cell: Tensor,
+        pbc: Tensor,
+        batch: Tensor,
+        i: Tensor,
+        j: Tensor,
+        shifts: Tensor,
+        cell_gradient: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Energies (B,) eV, dE/dpositions (N, 3), dE/dcell (B, 3, 3) and the shortest distance
+        in the pair list (0-dim float64 A; inf without pairs), computed directly, not by autograd.
+
+        The forces of a step for the cost of the evaluation alone (no graph, no backward call);
+        compute_properties, MLCalculator and the OpenMM modules take this path. dE/dcell is
+        zeros unless cell_gradient and the structures are periodic. Constants, not differentiable.
+        """
+        if self.use_kernel:
+            return self._gradients_kernel(
+                numbers, positions, cell, pbc, batch, i, j, shifts, cell_gradient
+            )
+        species = element_indices(numbers, self.species_map, self.elements)
+        pos = positions.detach().to(self.float_dtype())
+        c = cell.detach().to(pos.dtype)
+        periodic = bool(pbc.any())
+        nb = int(cell.shape[0])
+        return self._gradients_torch(
+            species, pos, c, batch, nb, i, j, shifts, periodic, cell_gradient
+        )
+
+    def _gradients_torch(
+        self,
+        species: Tensor,
+        pos: Tensor,
+        cell: Tensor,
+        batch: Tensor,
+        num_structures: int,
+        i: Tensor,
+        j: Tensor,
+        shifts: Tensor,
+        periodic: bool,
+        cell_gradient: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """energy_and_gradients from the TorchScript evaluation."""
+        with torch.no_grad():
+            sh = shifts.to(pos.dtype)
+            energy, gpos, gcell = self._evaluate_torch(
+                species,
+                pos,
+                cell,
+                batch,
+                num_structures,
+                i,
+                j,
+                sh,
+                periodic,
+                cell_gradient and periodic,
+            )
+            vec = pos.index_select(0, j) - pos.index_select(0, i)
+            if periodic:
+                image = torch.bmm(sh.unsqueeze(1), cell.index_select(0, batch.index_select(0, i)))
+                vec = vec + image.squeeze(1)
+            dmin = torch.full((), math.inf, dtype=torch.float64, device=pos.device)
+            if i.shape[0] > 0:
+                dmin = (vec * vec).sum(1).min().to(torch.float64).sqrt()
+        return energy, gpos, gcell, dmin
+
+    def _gradients_kernel(
+        self,
+        numbers: Tensor,
+        positions: Tensor,
+        cell: Tensor,
+        pbc: Tensor,
+        batch: Tensor,
+        i: Tensor,
+        j: Tensor,
+        shifts: Tensor,
+        cell_gradient: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """energy_and_gradients from the fused C++ kernel."""
+        raise RuntimeError("the C++ kernel is not loaded; use backend='torch'")
+
+    def forward(
+        self, numbers: Tensor, positions: Tensor, cell: Tensor, pbc: Tensor, batch: Tensor
+    ) -> Tensor:
+        """Total energy (eV) of each of the B structures in the batch."""
+        i, j, shifts = self.pairs(positions, cell, pbc, batch)
         return self._energy(numbers, positions, cell, pbc, batch, i, j, shifts)
 
 
@@ -666,6 +784,74 @@ class _KernelFastPaiNN(FastPaiNN):
             self.kernel_weights(),
             self.cutoff,
         )
+
+    def _gradients_kernel(
+        self,
+        numbers: Tensor,
+        positions: Tensor,
+        cell: Tensor,
+        pbc: Tensor,
+        batch: Tensor,
+        i: Tensor,
+        j: Tensor,
+        shifts: Tensor,
+        cell_gradient: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """energy_and_gradients from the fused C++ kernel (one call, no autograd node)."""
+        # Element lookup, dtype casts and the periodic flag happen inside the op: each tensor op
+        # here would cost a few microseconds of TorchScript dispatch.
+        return torch.ops.mlsim_fast.painn_energy_grad(
+            numbers,
+            positions,
+            cell,
+            pbc,
+            batch,
+            i,
+            j,
+            shifts,
+            self.kernel_weights(),
+            self.species_map,
+            self.cutoff,
+            cell_gradient,
+        )
+
+
+def _is_fast(model: nn.Module) -> bool:
+    """Whether `model` is a FastPaiNN (eager or scripted, either backend)."""
+    name = getattr(model, "original_name", type(model).__name__)
+    return name in ("FastPaiNN", "_KernelFastPaiNN")
+
+
+def uses_kernel(model: nn.Module) -> bool:
+    """Whether `model` (a FastPaiNN, an ensemble of them, any mlsim model) calls the C++ kernel."""
+    return any(_is_fast(m) and bool(m.use_kernel) for m in model.modules())
+
+
+def without_kernel(model: nn.Module) -> nn.Module:
+    """An eager copy of a FastPaiNN (either backend, scripted or not; or an ensemble with such
+    members) on the TorchScript backend: the same tables and weights, so the same numbers to
+    rounding, and no custom op, so a file of it loads in any host with torch. Other models come
+    back as they are."""
+    from mlsim.models._ensemble import Ensemble
+
+    if not any(_is_fast(m) for m in model.modules()):
+        return model
+    if not _is_fast(model):
+        if not hasattr(model, "members"):
+            raise TypeError(
+                f"without_kernel: {type(model).__name__} holds FastPaiNN modules but is not an "
+                "ensemble of them"
+            )
+        return Ensemble([without_kernel(m) for m in model.members]).eval()
+    twin = FastPaiNN.__new__(FastPaiNN)
+    nn.Module.__init__(twin)
+    for name in ("cutoff", "features", "num_layers", "knots", "chunk"):
+        setattr(twin, name, getattr(model, name))
+    twin.elements = [int(z) for z in model.elements]
+    twin.use_kernel = False
+    for name, t in model.named_buffers():
+        twin.register_buffer(name, t.detach().clone())
+    return twin.eval()
 
 
 def _eager_painn(model: nn.Module) -> nn.Module:

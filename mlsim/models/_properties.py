@@ -7,17 +7,26 @@ and outputs that are not numbers (NaN/inf from a damaged model), naming the stru
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MIN_DISTANCE", "check_atomic_numbers", "check_min_distance", "compute_properties"]
+__all__ = [
+    "MIN_DISTANCE",
+    "check_atomic_numbers",
+    "check_min_distance",
+    "compute_properties",
+    "evaluate_checked",
+]
 
 # Closer than this (Angstrom) two atoms overlap: no model was trained there (the shortest bond,
 # H2, is 0.74 A) and coincident atoms give NaN (a zero-length pair vector has no direction).
 MIN_DISTANCE = 0.1
 _MAX_Z = 118
+# Up to this many atoms the per-call checks run in Python (cheaper than tensor ops there).
+_SMALL = 256
 
 
 def _symbol(z: int) -> str:
@@ -57,6 +66,14 @@ def check_atomic_numbers(numbers: Sequence[int] | Tensor, known: Sequence[int] |
     t = torch.as_tensor(numbers)
     if t.numel() == 0:
         return
+    if t.numel() <= _SMALL:
+        # A molecule: a set test in Python beats the tensor ops below by ~10x.
+        zs = set(t.tolist())
+        if known is None:
+            if min(zs) >= 1 and max(zs) <= _MAX_Z:
+                return
+        elif zs <= {int(z) for z in known if 1 <= int(z) <= _MAX_Z}:
+            return
     ok = (t >= 1) & (t <= _MAX_Z)
     if known is not None:
         ok = ok & torch.isin(t, torch.tensor([int(z) for z in known], device=t.device))
@@ -138,10 +155,9 @@ def _check_finite(
 ) -> None:
     """Raise ValueError naming the structures whose energy, forces or stress are NaN or infinite."""
     parts = {k: v.detach() for k, v in out.items()}
-    ok = torch.isfinite(parts["energy"]).all()
-    for v in parts.values():
-        ok = ok & torch.isfinite(v).all()
-    if bool(ok):
+    # A sum is finite only if every term is: one reduction per output in the common case. (A sum
+    # can also overflow; then the element-wise test below finds nothing and lets it pass.)
+    if math.isfinite(sum(float(v.sum()) for v in parts.values())):
         return
     n_structures = parts["energy"].shape[0]
     bad: dict[int, list[str]] = {}
@@ -156,6 +172,8 @@ def _check_finite(
     if "stress" in parts:
         for b in torch.nonzero(~torch.isfinite(parts["stress"]).flatten(1).all(1)).tolist():
             bad.setdefault(b[0], []).append("stress")
+    if not bad:
+        return
     first = min(bad)
     more = f" (and {len(bad) - 1} more structures)" if len(bad) > 1 else ""
     raise ValueError(
@@ -204,7 +222,64 @@ def compute_properties(
         raise ValueError("positions contain NaN or infinite values")
     known = getattr(model, "elements", None)
     check_atomic_numbers(numbers, [int(z) for z in known] if known is not None else None)
-    if min_distance is not None and min_distance > 0:
+    return evaluate_checked(
+        model,
+        numbers,
+        positions,
+        cell,
+        pbc,
+        batch,
+        forces,
+        stress,
+        create_graph,
+        pairs,
+        min_distance,
+        check_finite,
+        first_structure,
+    )
+
+
+def evaluate_checked(
+    model: nn.Module,
+    numbers: Tensor,
+    positions: Tensor,
+    cell: Tensor,
+    pbc: Tensor,
+    batch: Tensor,
+    forces: bool = True,
+    stress: bool = False,
+    create_graph: bool = False,
+    pairs: tuple[Tensor, Tensor, Tensor] | None = None,
+    min_distance: float | None = MIN_DISTANCE,
+    check_finite: bool = True,
+    first_structure: int = 0,
+) -> dict[str, Tensor]:
+    """compute_properties for inputs whose shapes, finite positions and atomic numbers the caller
+    has checked already (MLCalculator checks a system once, not every step); the overlap and
+    non-finite-result checks still run here."""
+    check_distance = min_distance is not None and min_distance > 0
+    if (
+        hasattr(model, "energy_and_gradients")
+        and (forces or stress)
+        and not create_graph
+        and not positions.requires_grad
+        and not cell.requires_grad
+    ):
+        return _direct(
+            model,
+            numbers,
+            positions,
+            cell,
+            pbc,
+            batch,
+            forces,
+            stress,
+            pairs,
+            min_distance if check_distance else None,
+            check_finite,
+            first_structure,
+        )
+    if check_distance:
         check_min_distance(numbers, positions, cell, pbc, batch, min_distance, first_structure)
     out: dict[str, Tensor] = {}
     pos = positions
@@ -256,6 +331,63 @@ def compute_properties(
             g = grads[k]
             g = g if g is not None else torch.zeros_like(c)
             out["stress"] = g / volume.view(-1, 1, 1)
+    if check_finite:
+        _check_finite(out, numbers, batch, first_structure)
+    return out
+
+
+def _direct(
+    model: nn.Module,
+    numbers: Tensor,
+    positions: Tensor,
+    cell: Tensor,
+    pbc: Tensor,
+    batch: Tensor,
+    forces: bool,
+    stress: bool,
+    pairs: tuple[Tensor, Tensor, Tensor] | None,
+    min_distance: float | None,
+    check_finite: bool,
+    first_structure: int,
+) -> dict[str, Tensor]:
+    """compute_properties for a model with energy_and_gradients (optimize_for_inference).
+
+    One call gives energy, dE/dR, dE/dcell and the shortest distance of its pair list, so there
+    is no autograd graph, no backward pass and no second pair list for the overlap check: the
+    list holds every pair within the cutoff, hence every pair closer than min_distance when that
+    is below the cutoff (otherwise the separate check runs first, as for other models).
+    """
+    if min_distance is not None and min_distance > float(model.cutoff):
+        check_min_distance(numbers, positions, cell, pbc, batch, min_distance, first_structure)
+        min_distance = None
+    if stress:
+        volume = torch.linalg.det(cell.to(positions.dtype)).abs()
+        if bool((volume < 1e-12).any()):
+            raise ValueError(
+                "stress needs a periodic cell with non-zero volume for every structure"
+            )
+    try:
+        i, j, shifts = pairs if pairs is not None else model.pairs(positions, cell, pbc, batch)
+        energy, gpos, gcell, dmin = model.energy_and_gradients(
+            numbers, positions, cell, pbc, batch, i, j, shifts, stress
+        )
+    except RuntimeError as exc:  # TorchScript turns the op's MemoryError into a RuntimeError
+        oom = _neighbor_memory_error(exc)
+        if oom is None:
+            raise
+        raise oom from exc
+    if min_distance is not None and not float(dmin) >= min_distance:
+        # Names the closest atoms (it finds the same pair); a NaN falls through to check_finite.
+        check_min_distance(numbers, positions, cell, pbc, batch, min_distance, first_structure)
+    out = {"energy": energy}
+    if forces:
+        out["forces"] = -gpos.to(positions.dtype)
+    if stress:
+        # Strain derivative: sum over atoms of R (x) dE/dR plus cell^T dE/dcell, per structure.
+        pos = positions.detach().to(gpos.dtype)
+        virial = torch.bmm(cell.detach().to(gpos.dtype).transpose(1, 2), gcell)
+        virial = virial.index_add(0, batch, pos.unsqueeze(2) * gpos.unsqueeze(1))
+        out["stress"] = (virial / volume.to(gpos.dtype).view(-1, 1, 1)).to(positions.dtype)
     if check_finite:
         _check_finite(out, numbers, batch, first_structure)
     return out

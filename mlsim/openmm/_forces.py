@@ -2,11 +2,14 @@
 
 TorchForce runs a TorchScript file inside OpenMM's C++ (deployable without Python). PythonForce
 calls the model in-process, so it needs no TorchScript at all: it keeps working once
-`torch.jit.script` is gone, and it accepts eager models straight out of training.
+`torch.jit.script` is gone, and it accepts eager models straight out of training (it compiles
+its glue with TorchScript only where that works, for speed).
 
 A file written by `export_torchforce` for a molecule calls no mlsim op: `openmmtorch.TorchForce`
-loads it in any process, Python or C++, that has openmm-torch. A periodic one calls mlsim's
-neighbor-list op; its host loads `mlsim.neighbors.ops_library_path()` first (`uses_mlsim_ops`).
+loads it in any process, Python or C++, that has openmm-torch (a model from
+optimize_for_inference is written with its TorchScript backend there, not the C++ kernel). A
+periodic one calls mlsim's ops (neighbor list, and the fused kernel of a fast model); its host
+loads `mlsim.neighbors.ops_library_path()` first (`uses_mlsim_ops`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import torch
 
 from mlsim._fileio import atomic_path
 from mlsim.openmm._module import (
+    ALL_PAIRS_MAX_ATOMS,
+    DEFAULT_SKIN,
     OpenMMEnergy,
     OpenMMEnergyForces,
     model_dtype,
@@ -99,25 +104,39 @@ def export_torchforce(
     atoms: Sequence[int] | None = None,
     outputs_forces: bool = True,
     dtype: torch.dtype | None = None,
+    skin: float = DEFAULT_SKIN,
+    self_contained: bool = True,
 ) -> Path:
     """Write a TorchScript file that `openmmtorch.TorchForce(path)` loads as it is; returns the path.
 
     forward(positions nm[, boxvectors nm]) -> energy kJ/mol (and forces kJ/mol/nm when
     outputs_forces; then call TorchForce.setOutputsForces(True)). The atomic numbers are baked in.
-    Non-periodic files call no mlsim op when `model` is a model file or an eager model (a
-    TorchScript model object carries its own neighbor search, which does); periodic files need
-    mlsim's op library in the host, see `uses_mlsim_ops`.
+    Non-periodic files call no mlsim op when `model` is a model file, an eager model or a model
+    from optimize_for_inference (its C++ kernel is swapped for its TorchScript backend, same
+    numbers to rounding; another TorchScript model object carries its own neighbor search, which
+    does); periodic files need mlsim's op library in the host, see `uses_mlsim_ops`. skin:
+    neighbor-list skin (Angstrom) of periodic systems, see OpenMMEnergy. self_contained=False
+    keeps a fast model's C++ kernel in a molecule's file too (~8x faster than its TorchScript
+    twin on ethanol; the host then loads the op library, as for periodic files).
     """
+    from mlsim.models._fast import kernel_library_path, uses_kernel, without_kernel
+    from mlsim.neighbors import ops_library_path
+
     resolved = resolve_model(model)
+    op_free = self_contained and not periodic and len(numbers) <= ALL_PAIRS_MAX_ATOMS
+    if op_free or (uses_kernel(resolved) and kernel_library_path() != ops_library_path()):
+        # A molecule's file stays free of custom ops; others may use only the ops of
+        # libmlsim_torch.so (not a kernel compiled on the fly, which a host could not find).
+        resolved = without_kernel(resolved)
     cls = OpenMMEnergyForces if outputs_forces else OpenMMEnergy
-    module = cls(resolved, numbers, atoms=atoms, periodic=periodic, dtype=dtype).eval()
+    module = cls(resolved, numbers, atoms=atoms, periodic=periodic, dtype=dtype, skin=skin).eval()
     why = ""
-    if module.use_all_pairs:
-        op_free, why = _without_forward(module.model, model, numbers)
-        if op_free is not None:
-            module.model = op_free
+    if module.use_all_pairs and self_contained:
+        stripped, why = _without_forward(module.model, model, numbers)
+        if stripped is not None:
+            module.model = stripped
     out = _save(torch.jit.script(module), path)
-    if module.use_all_pairs and uses_mlsim_ops(out):
+    if module.use_all_pairs and self_contained and uses_mlsim_ops(out):
         warnings.warn(
             f"{out} calls mlsim's neighbor-list op although the system is not periodic ({why}); "
             "its host must load mlsim.neighbors.ops_library_path() first",
@@ -127,16 +146,18 @@ def export_torchforce(
 
 
 def uses_mlsim_ops(path: str | os.PathLike) -> bool:
-    """Whether a TorchScript file calls torch.ops.mlsim.* (then its host must load the op library).
+    """Whether a TorchScript file calls mlsim's ops (torch.ops.mlsim.*, torch.ops.mlsim_fast.*);
+    then its host must load the op library first.
 
     torch resolves every op of every method in the file when it loads it, so such a file fails
-    with 'Unknown builtin op: mlsim::...' in a process that has not loaded
+    with 'Unknown builtin op: mlsim::...' (or mlsim_fast::...) in a process that has not loaded
     `mlsim.neighbors.ops_library_path()` (torch.ops.load_library in Python; dlopen or LD_PRELOAD
     in a C++ host).
     """
+    pattern = re.compile(rb"ops\.mlsim(_fast)?\.")
     with zipfile.ZipFile(path) as archive:
         return any(
-            "/code/" in name and name.endswith(".py") and b"ops.mlsim." in archive.read(name)
+            "/code/" in name and name.endswith(".py") and pattern.search(archive.read(name))
             for name in archive.namelist()
         )
 
@@ -215,10 +236,11 @@ def _scripted_module(
     atoms: Sequence[int] | None,
     outputs_forces: bool,
     dtype: torch.dtype | None,
+    skin: float = DEFAULT_SKIN,
 ) -> torch.jit.ScriptModule:
     """The OpenMM-convention module for one system, compiled with TorchScript."""
     cls = OpenMMEnergyForces if outputs_forces else OpenMMEnergy
-    module = cls(model, numbers, atoms=atoms, periodic=periodic, dtype=dtype).eval()
+    module = cls(model, numbers, atoms=atoms, periodic=periodic, dtype=dtype, skin=skin).eval()
     return torch.jit.script(module)
 
 
@@ -240,8 +262,7 @@ class ModelCallback:
 
     def __call__(self, state: Any) -> tuple[float, np.ndarray]:
         """Evaluate the model at the State's positions (and box)."""
-        # ._value skips the unit arithmetic: OpenMM States are always in nm.
-        pos = torch.from_numpy(np.asarray(state.getPositions(asNumpy=True)._value))
+        pos = torch.from_numpy(_positions_nm(state))
         box = None
         if self.periodic:
             box = torch.from_numpy(np.asarray(state.getPeriodicBoxVectors(asNumpy=True)._value))
@@ -270,6 +291,7 @@ class ModelCallback:
             "periodic": self.periodic,
             "dtype": str(self.module._like.dtype).removeprefix("torch."),
             "device": str(self.module._like.device),
+            "skin": float(self.module.skin),
         }
 
     def __setstate__(self, state: dict) -> None:
@@ -283,13 +305,47 @@ class ModelCallback:
             model = torch.jit.load(buf, map_location=state["device"])
         else:
             model = torch.load(buf, map_location=state["device"], weights_only=False)
-        module = OpenMMEnergyForces(
+        module = _callback_module(
             model.eval(),
             state["numbers"],
-            periodic=state["periodic"],
-            dtype=getattr(torch, state["dtype"]),
+            state["periodic"],
+            getattr(torch, state["dtype"]),
+            state.get("skin", DEFAULT_SKIN),
         )
-        self.__init__(module.eval())
+        self.__init__(module)
+
+
+def _callback_module(
+    model: torch.nn.Module,
+    numbers: Sequence[int],
+    periodic: bool,
+    dtype: torch.dtype | None,
+    skin: float,
+) -> torch.nn.Module:
+    """The PythonForce's OpenMMEnergyForces: compiled with TorchScript when the model allows
+    (its glue runs ~25 us faster per step than eager code, a fifth of a fast model's step of a
+    small molecule), else eager (models that TorchScript cannot compile)."""
+    module = OpenMMEnergyForces(
+        model, numbers, atoms=None, periodic=periodic, dtype=dtype, skin=skin
+    )
+    try:
+        return torch.jit.script(module.eval())
+    except Exception:  # noqa: BLE001 - any scripting failure: the eager module works the same
+        return module.eval()
+
+
+def _positions_nm(state: Any) -> np.ndarray:
+    """A State's positions (nm) as a new float64 array, without units.
+
+    State.getPositions(asNumpy=True) searches dir(state) and multiplies by a unit on every call:
+    ~30 us, a third of a fast model's step of a small molecule. OpenMM States are always in nm.
+    """
+    try:
+        out = np.empty((state._getNumParticles(), 3), dtype=np.float64)
+        state._getVectorAsNumpy(state.Positions, out)
+        return out
+    except (AttributeError, TypeError):  # another OpenMM version: the public accessor
+        return np.array(state.getPositions(asNumpy=True)._value, dtype=np.float64)
 
 
 def create_force(
@@ -302,13 +358,15 @@ def create_force(
     outputs_forces: bool = True,
     device: str = "cpu",
     dtype: torch.dtype | None = None,
+    skin: float = DEFAULT_SKIN,
 ) -> Any:
     """Create an OpenMM Force for an mlsim model over `atoms` (all particles when None).
 
     backend "python": openmm.PythonForce evaluating the model in-process. backend "torch":
     openmm-torch TorchForce loading a TorchScript file (written to `path`, or a temporary file
     that is deleted once OpenMM has read it). "auto": "torch" when the model scripts and
-    openmm-torch imports, otherwise "python".
+    openmm-torch imports, otherwise "python". skin: neighbor-list skin (Angstrom) of periodic
+    and large systems (0: search every step), see OpenMMEnergy.
     """
     import openmm
 
@@ -321,7 +379,9 @@ def create_force(
     if backend in ("torch", "auto"):
         try:
             import_openmmtorch()
-            scripted = _scripted_module(model, numbers, periodic, atoms, outputs_forces, dtype)
+            scripted = _scripted_module(
+                model, numbers, periodic, atoms, outputs_forces, dtype, skin
+            )
             backend = "torch"
         except (ImportError, RuntimeError, torch.jit.frontend.FrontendError) as exc:
             if backend == "torch":
@@ -331,8 +391,8 @@ def create_force(
             backend = "python"
     if backend == "python":
         # PythonForce hands the callback only the selected particles, so no subset inside.
-        module = OpenMMEnergyForces(model, numbers, atoms=None, periodic=periodic, dtype=dtype)
-        force = openmm.PythonForce(ModelCallback(module.eval()))
+        module = _callback_module(model, numbers, periodic, dtype, skin)
+        force = openmm.PythonForce(ModelCallback(module))
         if atoms is not None:
             force.setParticles(list(atoms))
     else:

@@ -61,7 +61,7 @@ def create_system(
     """An openmm.System whose only force is the mlsim model (masses from the elements).
 
     `system_or_structure` is an mlsim Structure or an OpenMM Topology. Extra keywords go to
-    create_force (outputs_forces, path for the TorchScript file, dtype).
+    create_force (outputs_forces, path for the TorchScript file, dtype, skin).
     """
     import openmm
     from openmm import app, unit

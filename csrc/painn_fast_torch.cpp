@@ -7,9 +7,12 @@
 // registers or a feature-length scratch row, instead of (pairs, 3, features) tensors. Memory is
 // O(atoms * features + pairs), time is one pass over the pairs per layer and direction.
 //
-// Compiled on first use by torch.utils.cpp_extension (see _fast.py, _load_kernel); registers
-// torch.ops.mlsim_fast.painn_energy: the energy, whose autograd node gives forces and stress.
-// Single-threaded: the callers (MD engines, ASE) run one evaluation per step.
+// Registers torch.ops.mlsim_fast.painn_energy (the energy, whose autograd node gives forces and
+// stress) and painn_energy_grad (energy, gradients and shortest pair distance as plain tensors).
+// Built into libmlsim_torch.so by CMake (no Python symbols: C++ hosts such as OpenMM load it);
+// mlsim/models/_fast.py compiles this file on first use only where that library lacks the ops
+// (an op library built before the kernel moved here). Single-threaded: the callers (MD engines,
+// ASE) run one evaluation per step.
 
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
@@ -18,6 +21,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -192,7 +197,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run(
     bool need_cell_grad,
     int64_t num_structures,
     const std::vector<at::Tensor>& w,
-    double cutoff_d) {
+    double cutoff_d,
+    double* min_d2_out) {
   const int64_t n = pos_t.size(0);
   const int64_t f = FC > 0 ? FC : w[EMBEDDING].size(1);
   const int64_t f2 = w[RO_W1].size(0);
@@ -232,6 +238,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run(
   pd.reserve(npairs);
   pk.reserve(npairs);
   px.reserve(npairs);
+  // Shortest pair of the whole list (the callers' overlapping-atoms check), before the cutoff.
+  T min_d2 = std::numeric_limits<T>::infinity();
   for (int64_t p = 0; p < npairs; ++p) {
     const int64_t a = pi[p], b = pj[p];
     // A caller's own pair list (energy_from_pairs) must not index outside the atoms.
@@ -245,6 +253,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run(
       for (int c = 0; c < 3; ++c) vec[c] += s[0] * cl[c] + s[1] * cl[3 + c] + s[2] * cl[6 + c];
     }
     const T d2 = vec[0] * vec[0] + vec[1] * vec[1] + vec[2] * vec[2];
+    // A NaN distance stays the answer (NaN compares false), not hidden behind a later one.
+    if (d2 < min_d2 || d2 != d2) min_d2 = d2;
     if (!(d2 < cutoff * cutoff)) continue;
     const T d = std::sqrt(d2);
     pa.push_back(a);
@@ -257,6 +267,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run(
     pk.push_back(k);
     px.push_back(t - T(k));
   }
+  if (min_d2_out) *min_d2_out = double(min_d2);
   const int64_t h = static_cast<int64_t>(pa.size());
   const T* spline = ptr<T>(w, SPLINE);
 
@@ -540,7 +551,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> evaluate(
     bool need_cell_grad,
     int64_t num_structures,
     at::TensorList weights,
-    double cutoff) {
+    double cutoff,
+    double* min_d2 = nullptr) {
   TORCH_CHECK(pos.device().is_cpu(), "mlsim_fast::painn_energy runs on the CPU only");
   TORCH_CHECK(weights.size() == NUM_WEIGHTS, "painn_energy: expected ", int(NUM_WEIGHTS),
               " weight tensors, got ", weights.size());
@@ -561,7 +573,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> evaluate(
   auto sh = shifts.to(dtype).contiguous();
   const int64_t f = w[EMBEDDING].size(1);
 #define MLSIM_RUN(T, FC) \
-  run<T, FC>(sp, p, c, bt, ii, jj, sh, periodic, need_grad, need_cell_grad, num_structures, w, cutoff)
+  run<T, FC>(sp, p, c, bt, ii, jj, sh, periodic, need_grad, need_cell_grad, num_structures, w, \
+             cutoff, min_d2)
   // Common widths get a compiled-in feature count (fully unrolled, vectorised feature loops).
   if (dtype == at::kDouble) {
     if (f == 32) return MLSIM_RUN(double, 32);
@@ -645,16 +658,81 @@ at::Tensor painn_energy_autograd(const at::Tensor& species, const at::Tensor& po
                                     num_structures, weights, cutoff);
 }
 
+// Model element index of each atom from its atomic number; a number the model does not know is a
+// ValueError naming it and the known ones (the message of mlsim.models._graph.element_indices).
+at::Tensor species_of(const at::Tensor& numbers, const at::Tensor& species_map) {
+  auto z = numbers.to(at::kLong).contiguous();
+  auto map = species_map.to(at::kLong).contiguous();
+  const int64_t* zp = z.data_ptr<int64_t>();
+  const int64_t* mp = map.data_ptr<int64_t>();
+  const int64_t size = map.numel();
+  at::Tensor out = at::empty_like(z);
+  int64_t* op = out.data_ptr<int64_t>();
+  for (int64_t a = 0; a < z.numel(); ++a) {
+    const int64_t k = (zp[a] >= 0 && zp[a] < size) ? mp[zp[a]] : -1;
+    if (k < 0) {
+      std::string known;
+      for (int64_t q = 0; q < size; ++q)
+        if (mp[q] >= 0) known += (known.empty() ? "" : ", ") + std::to_string(q);
+      TORCH_CHECK_VALUE(false, "element with atomic number ", zp[a],
+                        " is not supported by this model (it knows atomic numbers [", known, "])");
+    }
+    op[a] = k;
+  }
+  return out;
+}
+
+// Energy (B,), dE/dpos (N, 3), dE/dcell (B, 3, 3) (zeros unless cell_grad) and the shortest
+// distance in the pair list (0-dim float64, inf for none), in the weights' dtype, as plain
+// tensors without autograd: the forces of an MD step or an ASE call for the cost of the fused
+// pass alone (no graph, no backward call). It takes the model's inputs as they come (atomic
+// numbers, any float dtype, pbc) so that the caller needs no tensor ops of its own; inputs are
+// read as constants, whatever their requires_grad.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> painn_energy_grad(
+    const at::Tensor& numbers, const at::Tensor& pos, const at::Tensor& cell,
+    const at::Tensor& pbc, const at::Tensor& batch, const at::Tensor& i, const at::Tensor& j,
+    const at::Tensor& shifts, at::TensorList weights, const at::Tensor& species_map,
+    double cutoff, bool cell_grad) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  TORCH_CHECK(weights.size() == NUM_WEIGHTS, "painn_energy_grad: expected ", int(NUM_WEIGHTS),
+              " weight tensors, got ", weights.size());
+  TORCH_CHECK(cell.dim() == 3 && pbc.dim() == 2 && pbc.size(0) == cell.size(0),
+              "painn_energy_grad: cell (B, 3, 3) and pbc (B, 3) expected");
+  const auto dtype = weights[EMBEDDING].scalar_type();
+  auto pb = pbc.to(at::kBool).contiguous();
+  bool periodic = false;
+  for (int64_t q = 0; q < pb.numel(); ++q) periodic = periodic || pb.data_ptr<bool>()[q];
+  const bool need_cell = periodic && cell_grad;
+  const int64_t num_structures = cell.size(0);
+  double min_d2 = 0.0;
+  auto out = evaluate(species_of(numbers, species_map), pos.detach().to(dtype),
+                      cell.detach().to(dtype), batch, i, j, shifts, periodic, true, need_cell,
+                      num_structures, weights, cutoff, &min_d2);
+  at::Tensor gcell = need_cell ? std::get<2>(out)
+                               : at::zeros({num_structures, 3, 3}, pos.options().dtype(dtype));
+  return {std::get<0>(out), std::get<1>(out), gcell,
+          at::scalar_tensor(std::sqrt(min_d2), pos.options().dtype(at::kDouble))};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(mlsim_fast, m) {
   m.def(
       "painn_energy(Tensor species, Tensor pos, Tensor cell, Tensor batch, Tensor i, Tensor j, "
       "Tensor shifts, bool periodic, int num_structures, Tensor[] weights, float cutoff) -> Tensor");
+  m.def(
+      "painn_energy_grad(Tensor numbers, Tensor pos, Tensor cell, Tensor pbc, Tensor batch, "
+      "Tensor i, Tensor j, Tensor shifts, Tensor[] weights, Tensor species_map, float cutoff, "
+      "bool cell_grad) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(mlsim_fast, CPU, m) {
   m.impl("painn_energy", TORCH_FN(painn_energy_cpu));
+}
+
+// Under every dispatch key (autograd included): its outputs are constants, no graph is recorded.
+TORCH_LIBRARY_IMPL(mlsim_fast, CompositeImplicitAutograd, m) {
+  m.impl("painn_energy_grad", TORCH_FN(painn_energy_grad));
 }
 
 TORCH_LIBRARY_IMPL(mlsim_fast, Autograd, m) {

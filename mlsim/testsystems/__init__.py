@@ -20,7 +20,7 @@ from mlsim.testsystems._alanine import (
     build_alanine_dipeptide_pdb,
 )
 from mlsim.testsystems._dihedrals import dihedral, phi_psi, phi_psi_indices
-from mlsim.testsystems._simulate import Frames, make_context, run_langevin, simulate, write_dcd
+from mlsim.testsystems._simulate import Frames, run_langevin, simulate, write_dcd
 
 __all__ = [
     "ALANINE_PDB",
@@ -34,7 +34,6 @@ __all__ = [
     "build_alanine_dipeptide_pdb",
     "dihedral",
     "get_testsystem",
-    "make_context",
     "phi_psi",
     "phi_psi_indices",
     "run_langevin",

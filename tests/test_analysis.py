@@ -493,3 +493,34 @@ def test_timescale_warnings_negative_and_unresolved():
     m = an.estimate_msm([_synthetic.markov_chain(slow, 20_000, seed=0)], 1)
     assert _timescale_warnings(m, m.timescales(1), 1, [20_000], 1.0) == []
     assert "too few frames" in _timescale_warnings(m, m.timescales(1), 1, [50], 1.0)[-1]
+
+
+def test_effective_sample_size_matches_ar1_theory() -> None:
+    """AR(1) with coefficient a has tau_int = (1 + a) / (1 - a): the ESS must recover n / tau."""
+    from mlsim.analysis import effective_sample_size
+
+    rng = np.random.default_rng(7)
+    n, a = 200_000, 0.9
+    noise = rng.normal(size=n)
+    x = np.empty(n)
+    x[0] = noise[0]
+    for t in range(1, n):
+        x[t] = a * x[t - 1] + noise[t]
+    expected = n / ((1 + a) / (1 - a))
+    assert abs(effective_sample_size(x) / expected - 1.0) < 0.1
+    # independent draws: ESS ~ n; a constant series is worth nothing; NaN is an error
+    white = rng.normal(size=20_000)
+    assert effective_sample_size(white) > 0.8 * len(white)
+    assert effective_sample_size(np.ones(100)) == 0.0
+    with pytest.raises(ValueError, match="NaN"):
+        effective_sample_size(np.array([1.0, np.nan] * 10))
+
+
+def test_effective_sample_size_periodic_ignores_the_seam() -> None:
+    """An angle hopping across +-pi is not slow: its periodic ESS sees through the seam."""
+    from mlsim.analysis import effective_sample_size
+
+    rng = np.random.default_rng(3)
+    theta = np.pi + rng.normal(scale=0.2, size=5000)  # independent draws around the seam
+    theta = (theta + np.pi) % (2 * np.pi) - np.pi
+    assert effective_sample_size(theta, periodic=True) > 0.5 * len(theta)

@@ -9,17 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from mlsim.propagators import (
-    ConditionalRealNVP,
-    Propagator,
-    PropagatorConfig,
-    metropolis_hastings,
-    train_propagator,
-)
+from mlsim.propagators import Propagator, train_propagator
+from mlsim.propagators._flow import ConditionalRealNVP
+from mlsim.propagators._model import PropagatorConfig
+from mlsim.propagators._sampler import metropolis_hastings
 
 openmm = pytest.importorskip("openmm")
 
-from mlsim.testsystems import alanine_dipeptide, alanine_zmatrix  # noqa: E402
+from mlsim.testsystems import alanine_dipeptide  # noqa: E402
+from mlsim.testsystems._alanine import alanine_zmatrix  # noqa: E402
 
 
 def _randomise(module: torch.nn.Module, seed: int, std: float = 0.3) -> None:
@@ -207,7 +205,7 @@ def test_hmc_and_cli_propagate(mol, tmp_path, capsys) -> None:
     import json
 
     from mlsim.cli import main
-    from mlsim.propagators import HMCKernel
+    from mlsim.propagators._hmc import HMCKernel
 
     hmc = HMCKernel(mol.system, 300.0, dt_fs=1.0, n_steps=10, seed=0)
     x = mol.positions
@@ -256,7 +254,8 @@ def test_model_target_energies_and_forces(ethanol) -> None:
     from ase import Atoms
 
     from mlsim.ase import MLCalculator
-    from mlsim.propagators import ModelTarget, Target
+    from mlsim.propagators import ModelTarget
+    from mlsim.propagators._target import Target
 
     _, numbers, x = ethanol
     t = ModelTarget(ETHANOL_MODEL, numbers, 300.0)
@@ -314,7 +313,7 @@ def test_cli_train_and_sample_any_molecule(ethanol, mol, tmp_path, capsys) -> No
     # An OpenMM System from XML (harmonic bonds on the perceived graph) as the target.
     from openmm import HarmonicBondForce, System, XmlSerializer
 
-    from mlsim.propagators import perceive_bonds
+    from mlsim.propagators._graph import perceive_bonds
 
     system, bonds = System(), HarmonicBondForce()
     for z in numbers:

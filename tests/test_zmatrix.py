@@ -11,6 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mlsim.analysis import effective_sample_size
 from mlsim.propagators import Propagator, run_propagator_chain
 from mlsim.propagators._graph import MolecularGraph, perceive_bonds
 from mlsim.propagators._hmc import TargetHMC
@@ -340,18 +341,8 @@ def test_mh_exact_with_dihedral_proposal_and_hmc() -> None:
 
 
 def _ess(x: np.ndarray) -> float:
-    """Effective sample size (integrated autocorrelation time, Sokal window c = 5)."""
-    x = np.asarray(x, dtype=np.float64) - np.mean(x)
-    n = len(x)
-    f = np.fft.rfft(x, 2 * n)
-    acf = np.fft.irfft(f * np.conj(f))[:n]
-    acf /= acf[0]
-    tau = 1.0
-    for w in range(1, n):
-        tau = 1.0 + 2.0 * acf[1 : w + 1].sum()
-        if w >= 5.0 * tau:
-            break
-    return float(n / max(tau, 1.0))
+    """Effective sample size (the library's estimator, tested in tests/test_analysis.py)."""
+    return effective_sample_size(x)
 
 
 def test_graph_basics() -> None:

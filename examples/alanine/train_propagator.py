@@ -7,7 +7,7 @@
 
 The same as `mlsim propagate train alanine --data runs/ala/seed*.npz --tau-ps 20 --out ...`:
 the Z-matrix and its rotatable torsions come from the bond graph (build_zmatrix), nothing here
-is specific to alanine dipeptide. --mode dihedrals (default) proposes the rotatable torsions
+is specific to alanine dipeptide (Propagator.for_molecule). --mode dihedrals (default) proposes the rotatable torsions
 (phi, psi and the three methyl rotors) and is paired with HMC in the sampler; --mode full proposes
 all 66 Cartesian degrees of freedom (Timewarp-like; needs far more training than a CPU affords to
 reach useful acceptance).
@@ -25,9 +25,6 @@ import torch
 from mlsim.propagators import (
     Molecule,
     Propagator,
-    PropagatorConfig,
-    build_zmatrix,
-    graph_from_topology,
     make_pairs,
     read_trajectory,
     train_propagator,
@@ -52,7 +49,7 @@ def main() -> int:
     if not files:
         raise SystemExit(f"no seed*.npz in {args.data}")
     ala = alanine_dipeptide(constraints=None)
-    mol = Molecule(ala.positions, graph_from_topology(ala.topology), ala.topology, "alanine")
+    mol = Molecule.from_topology(ala.topology, ala.positions, "alanine")
     trajs, dt, solvent = [], None, "obc2"
     for f in files:
         with np.load(f) as d:
@@ -66,11 +63,10 @@ def main() -> int:
     if lag < 1 or abs(lag * dt - args.tau_ps) > 1e-6:
         raise SystemExit(f"tau {args.tau_ps} ps is not a multiple of the {dt} ps frame interval")
     x0, x1 = make_pairs(trajs, lag)
-    cfg = PropagatorConfig.for_layout(
-        build_zmatrix(mol.graph, mol.positions), tau_ps=args.tau_ps, mode=args.mode,
-        hidden=args.hidden, n_layers=args.layers, d_context=64,
+    model = Propagator.for_molecule(
+        mol, tau_ps=args.tau_ps, mode=args.mode, hidden=args.hidden, n_layers=args.layers,
+        d_context=64,
     )  # fmt: skip
-    model = Propagator(cfg)
     out = Path(args.out)
     res = train_propagator(
         model, x0, x1, n_steps=args.steps, lr=2e-3, checkpoint=out.with_suffix(".ckpt")

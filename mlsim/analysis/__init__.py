@@ -7,6 +7,7 @@ synthetic trajectories, attributions) stay importable from their private modules
 """
 
 from mlsim.analysis._classifier import train_state_classifier
+from mlsim.analysis._ess import effective_sample_size
 from mlsim.analysis._features import featurize, load_trajectories
 from mlsim.analysis._kinetics import (
     chapman_kolmogorov,
@@ -23,6 +24,7 @@ __all__ = [
     "analyze",
     "analyze_trajectories",
     "chapman_kolmogorov",
+    "effective_sample_size",
     "estimate_msm",
     "featurize",
     "implied_timescales",

@@ -2,10 +2,13 @@
 
     mlsim propagate train STRUCTURE --data traj.dcd --tau-ps 5 --out prop.pt [--target T]
     mlsim propagate train STRUCTURE --md-ps 500 --tau-ps 5 --out prop.pt --target T
+    mlsim propagate train S1 S2 S3 --md-ps 500 --out transfer.pt --target amber14
     mlsim propagate sample STRUCTURE --model prop.pt [--target T] --steps 2000 --out chain
 
 STRUCTURE is a PDB (bonds from CONECT records / residue templates), an SDF/MOL file, any file ASE
-reads (bonds perceived from covalent radii), or a shipped test system name ("alanine").
+reads (bonds perceived from covalent radii), or a shipped test system name ("alanine",
+"ace-val-nme", ...). Several structures (or --transfer) train one transferable torsion proposal
+(TransferPropagator) that `sample` applies to molecules it never saw.
 The older form `mlsim propagate STRUCTURE --model M ...` still works: it is `sample`.
 """
 
@@ -25,8 +28,10 @@ _TARGET_HELP = (
 )
 _EPILOG = """\
 subcommands:
-  train    fit a propagator to MD of one molecule (--data files, or --md-ps to run MD here)
-  sample   run the Metropolis-Hastings chain with a trained propagator; writes OUT.dcd/.json/.pdb
+  train    fit a propagator to MD of one molecule, or a transferable one to MD of several
+           (--data files, or --md-ps to run MD here)
+  sample   run the Metropolis-Hastings chain with a trained propagator (a transferable one on
+           any molecule); writes OUT.dcd/.json/.pdb
 
 `mlsim propagate STRUCTURE --model M ...` (no subcommand) is the older form of `sample`.
 See `mlsim propagate train --help` and `mlsim propagate sample --help`.
@@ -45,13 +50,18 @@ class _SubcommandsOrStructure(argparse._SubParsersAction):
         super().__call__(parser, namespace, values, option_string)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    """Options shared by train and sample."""
-    p.add_argument(
-        "structure",
-        help="PDB / SDF / MOL / XYZ / extxyz file (bonds from the file or perceived), or a "
-        "test system name: alanine",
+def _common(p: argparse.ArgumentParser, many: bool = False) -> None:
+    """Options shared by train and sample (train takes several structures)."""
+    what = (
+        "PDB / SDF / MOL / XYZ / extxyz file (bonds from the file or perceived), or a test system "
+        "name: alanine, ace-val-nme, ..."
     )
+    if many:
+        p.add_argument(
+            "structure", nargs="+", help=what + "; several: train one transferable proposal"
+        )
+    else:
+        p.add_argument("structure", help=what)
     p.add_argument("--target", default=None, help=_TARGET_HELP)
     p.add_argument(
         "--solvent",
@@ -77,18 +87,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub.choices = None  # any first word is accepted: an unknown one is a structure (older form)
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
-    t = sub.add_parser("train", help="fit a propagator to MD of one molecule", formatter_class=fmt)
-    _common(t)
+    t = sub.add_parser(
+        "train", help="fit a propagator to MD of one molecule or of several", formatter_class=fmt
+    )
+    _common(t, many=True)
     src = t.add_mutually_exclusive_group(required=True)
     src.add_argument(
         "--data",
         nargs="+",
-        help="training trajectories of this molecule: npz (positions in Angstrom), DCD/XTC, "
-        "extxyz; each file is one trajectory",
+        help="training trajectories: npz (positions in Angstrom), DCD/XTC, extxyz. One "
+        "structure: each file is one trajectory of it. Several structures: one entry per "
+        "structure, in the same order, each a comma-separated list of its trajectories",
     )
     src.add_argument("--md-ps", type=float, help="run this much Langevin MD per run on --target")
     t.add_argument("--out", required=True, help="propagator file to write (.pt)")
-    t.add_argument("--tau-ps", type=float, required=True, help="lag time tau of the propagator")
+    t.add_argument(
+        "--tau-ps",
+        type=float,
+        default=None,
+        help="lag time tau of the propagator (required for one molecule); transfer: 0 (default) "
+        "learns each torsion's equilibrium distribution given its neighbours, > 0 the "
+        "distribution tau later given the current angle",
+    )
     t.add_argument(
         "--frame-interval-ps",
         type=float,
@@ -99,9 +119,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--mode",
         choices=["dihedrals", "full"],
         default="dihedrals",
-        help="dihedrals: propose the rotatable torsions (pair with HMC in sample); full: all 3n "
-        "coordinates",
+        help="one-molecule propagator: dihedrals proposes the rotatable torsions (pair with HMC "
+        "in sample); full: all 3n coordinates",
     )
+    t.add_argument(
+        "--transfer",
+        action="store_true",
+        help="train a transferable torsion proposal (the default for several structures), "
+        "usable on molecules it never saw",
+    )
+    t.add_argument("--bins", type=int, default=72, help="transfer: histogram bins per torsion")
     t.add_argument("--steps", type=int, default=3000, help="optimizer steps")
     t.add_argument("--batch-size", type=int, default=256)
     t.add_argument("--lr", type=float, default=2e-3)
@@ -156,12 +183,12 @@ def run(args: argparse.Namespace) -> int:
 # --- shared ----------------------------------------------------------------------------------
 def _molecule(structure: str, solvent: str):
     """The Molecule for a structure file or a test-system name."""
-    from mlsim.propagators import Molecule, graph_from_topology, load_molecule
+    from mlsim.propagators import Molecule, load_molecule
     from mlsim.testsystems import TESTSYSTEMS, get_testsystem
 
     if structure.strip().lower() in TESTSYSTEMS and not Path(structure).exists():
         ms = get_testsystem(structure, solvent, None)
-        return Molecule(ms.positions, graph_from_topology(ms.topology), ms.topology, structure)
+        return Molecule.from_topology(ms.topology, ms.positions, structure)
     mol = load_molecule(structure)
     if mol.n_atoms < 3:
         raise ValueError(f"{structure}: a propagator needs a molecule of at least 3 atoms")
@@ -219,8 +246,10 @@ def _prefix(out: str, suffix: str) -> Path:
 
 
 # --- train -------------------------------------------------------------------------------------
-def _md_trajectories(args, target, mol) -> tuple[list, float]:
-    """Run (or reuse) --md-runs Langevin trajectories on the target; frames in Angstrom."""
+def _md_trajectories(args, target, mol, structure: str, tag: str = "") -> tuple[list, float]:
+    """Run (or reuse) --md-runs Langevin trajectories on the target; frames in Angstrom.
+
+    Cached in OUT.md/ (per structure `tag` when several are trained together)."""
     import json
 
     import numpy as np
@@ -236,12 +265,12 @@ def _md_trajectories(args, target, mol) -> tuple[list, float]:
         raise ValueError("--md-interval-ps must be a multiple of --md-dt-fs")
     n_frames = max(2, round(args.md_ps / args.md_interval_ps))
     equil = round(args.md_equilibrate_ps * FS_PER_PS / args.md_dt_fs)
-    cache = _prefix(args.out, ".md")
+    cache = _prefix(args.out, ".md") / tag if tag else _prefix(args.out, ".md")
     cache.mkdir(parents=True, exist_ok=True)
     settings = {
         "target": str(args.target), "solvent": args.solvent, "temperature": args.temperature,
         "dt_fs": args.md_dt_fs, "interval_ps": args.md_interval_ps, "frames": n_frames,
-        "equilibrate_ps": args.md_equilibrate_ps, "structure": str(args.structure),
+        "equilibrate_ps": args.md_equilibrate_ps, "structure": structure,
     }  # fmt: skip
     trajs = []
     for k in range(args.md_runs):
@@ -303,50 +332,66 @@ def _ase_langevin(target, mol, n_frames: int, interval: int, equil: int, seed: i
 
 
 def _train(args: argparse.Namespace) -> int:
+    """Train a one-molecule propagator, or a transferable one (several structures/--transfer)."""
+    if args.steps < 1:
+        raise ValueError("--steps must be positive")
+    if len(args.structure) > 1 or args.transfer:
+        args.tau_ps = 0.0 if args.tau_ps is None else args.tau_ps
+        if args.tau_ps < 0:
+            raise ValueError("--tau-ps must be >= 0")
+        return _train_transfer(args)
+    if args.tau_ps is None or args.tau_ps <= 0:
+        raise ValueError("--tau-ps must be given and positive for a one-molecule propagator")
+    return _train_one(args, args.structure[0])
+
+
+def _read_data(files: list[str], mol, frame_interval_ps: float | None) -> tuple[list, float]:
+    """Trajectories (Angstrom) of one molecule from files, and their common frame spacing (ps)."""
+    import numpy as np
+
+    from mlsim.propagators import read_trajectory
+
+    trajs, spacings = [], []
+    for f in files:
+        x, dt = read_trajectory(f, mol, frame_interval_ps)
+        trajs.append(x)
+        spacings.append(dt)
+    if not np.allclose(spacings, spacings[0], rtol=1e-4):
+        raise ValueError(f"the --data files have different frame spacings: {spacings} ps")
+    return trajs, spacings[0]
+
+
+def _lag(tau_ps: float, dt: float) -> int:
+    """Frames per tau, checking that tau is a multiple of the frame spacing."""
+    lag = round(tau_ps / dt)
+    if lag < 1 or abs(lag * dt - tau_ps) > 1e-6 * max(1.0, tau_ps):
+        raise ValueError(f"--tau-ps {tau_ps} is not a multiple of the {dt:g} ps frame spacing")
+    return lag
+
+
+def _train_one(args: argparse.Namespace, structure: str) -> int:
     """Build the Z-matrix from the bond graph, make pairs at lag tau, train, save."""
     import json
 
-    import numpy as np
+    from mlsim.propagators import Propagator, make_pairs, train_propagator
 
-    from mlsim.propagators import (
-        Propagator,
-        PropagatorConfig,
-        build_zmatrix,
-        make_pairs,
-        read_trajectory,
-        train_propagator,
-    )
-
-    if args.tau_ps <= 0 or args.steps < 1:
-        raise ValueError("--tau-ps and --steps must be positive")
     solvent = args.solvent or "obc2"
-    mol = _molecule(args.structure, solvent)
-    layout = build_zmatrix(mol.graph, mol.positions)
-    cfg = PropagatorConfig.for_layout(
-        layout, args.tau_ps, args.mode, hidden=args.hidden, n_layers=args.layers,
+    mol = _molecule(structure, solvent)
+    model = Propagator.for_molecule(
+        mol, args.tau_ps, args.mode, hidden=args.hidden, n_layers=args.layers,
         d_context=args.context, seed=args.seed,
     )  # fmt: skip
+    cfg = model.config
     if args.data:
-        trajs, spacings = [], []
-        for f in args.data:
-            x, dt = read_trajectory(f, mol, args.frame_interval_ps)
-            trajs.append(x)
-            spacings.append(dt)
-        if not np.allclose(spacings, spacings[0], rtol=1e-4):
-            raise ValueError(f"the --data files have different frame spacings: {spacings} ps")
-        dt = spacings[0]
+        trajs, dt = _read_data(args.data, mol, args.frame_interval_ps)
     else:
         if args.target is None:
             raise ValueError("--md-ps needs --target (the energy to run MD on)")
         target = _target(args.target, mol, solvent, args.temperature, args.platform)
-        trajs, dt = _md_trajectories(args, target, mol)
-    lag = round(args.tau_ps / dt)
-    if lag < 1 or abs(lag * dt - args.tau_ps) > 1e-6 * max(1.0, args.tau_ps):
-        raise ValueError(f"--tau-ps {args.tau_ps} is not a multiple of the {dt:g} ps frame spacing")
-    x0, x1 = make_pairs(trajs, lag)
+        trajs, dt = _md_trajectories(args, target, mol, structure)
+    x0, x1 = make_pairs(trajs, _lag(args.tau_ps, dt))
     if len(x0) < 2:
-        raise ValueError(f"only {len(x0)} pair(s) at lag {lag} frames; give longer trajectories")
-    model = Propagator(cfg)
+        raise ValueError(f"only {len(x0)} pair(s) at lag tau; give longer trajectories")
     out = Path(args.out)
     res = train_propagator(
         model, x0, x1, n_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
@@ -355,11 +400,11 @@ def _train(args: argparse.Namespace) -> int:
     extra = {
         "train_s": res.wall_s, "steps": res.steps, "train_nll": res.train_nll,
         "val_nll": res.val_nll, "n_pairs": int(len(x0)), "frame_interval_ps": dt,
-        "structure": str(args.structure), "formula": mol.graph.formula,
+        "structure": str(structure), "formula": mol.graph.formula,
         "bonds_from": mol.graph.source, "target": _target_record(args.target),
         "solvent": solvent,
         "temperature": args.temperature,
-        "proposed_torsions": [list(layout.rows[r]) for r in cfg.dihedral_rows],
+        "proposed_torsions": [list(cfg.zmatrix_rows[r]) for r in cfg.dihedral_rows],
     }  # fmt: skip
     model.save(out, extra=extra)
     summary = {"model": str(out), "mode": cfg.mode, "tau_ps": cfg.tau_ps, **extra}
@@ -367,7 +412,83 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_transfer(args: argparse.Namespace) -> int:
+    """One transferable torsion proposal from MD of every structure (see TransferPropagator)."""
+    import json
+
+    from mlsim.propagators import TransferPropagator, train_transfer
+
+    if args.mode != "dihedrals":
+        raise ValueError("a transferable propagator proposes torsions only; drop --mode full")
+    solvent = args.solvent or "obc2"
+    if args.data and len(args.structure) > 1 and len(args.data) != len(args.structure):
+        raise ValueError(
+            f"{len(args.structure)} structures but {len(args.data)} --data entries: give one "
+            "entry per structure, in the same order (comma-separate several trajectories)"
+        )
+    data, described = [], []
+    for k, structure in enumerate(args.structure):
+        mol = _molecule(structure, solvent)
+        if args.data:
+            files = args.data if len(args.structure) == 1 else args.data[k].split(",")
+            trajs, dt = _read_data([f for f in files if f], mol, args.frame_interval_ps)
+        else:
+            if args.target is None:
+                raise ValueError("--md-ps needs --target (the energy to run MD on)")
+            target = _target(args.target, mol, solvent, args.temperature, args.platform)
+            tag = f"{k}_{Path(structure).stem}"
+            trajs, dt = _md_trajectories(args, target, mol, structure, tag)
+        if args.tau_ps > 0:
+            _lag(args.tau_ps, dt)
+        try:
+            from mlsim.propagators._torsions import torsion_set
+
+            n_torsions = torsion_set(mol.graph, mol.positions).n_torsions
+        except ValueError as exc:
+            raise ValueError(f"{structure}: {exc}") from exc
+        data.append((mol, trajs, dt))
+        described.append({"structure": str(structure), "formula": mol.graph.formula,
+                          "torsions": n_torsions, "frames": int(sum(len(t) for t in trajs)),
+                          "frame_interval_ps": dt})  # fmt: skip
+    model = TransferPropagator(
+        tau_ps=args.tau_ps, hidden=args.hidden, n_bins=args.bins, seed=args.seed
+    )
+    res = train_transfer(
+        model, data, n_steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed
+    )
+    extra = {
+        "train_s": res.wall_s, "train_cpu_s": res.cpu_s, "steps": res.steps,
+        "train_nll_per_torsion": res.train_nll, "val_nll_per_torsion": res.val_nll,
+        "n_examples": res.n_examples, "molecules": described,
+        "target": _target_record(args.target), "solvent": solvent,
+        "temperature": args.temperature,
+    }  # fmt: skip
+    model.save(args.out, extra=extra)
+    print(json.dumps({"model": str(args.out), "kind": "transfer", "tau_ps": args.tau_ps, **extra},
+                     indent=2))  # fmt: skip
+    return 0
+
+
 # --- sample ------------------------------------------------------------------------------------
+def _load_model(path: str):
+    """A Propagator or a TransferPropagator, whichever the file holds."""
+    import torch
+
+    from mlsim.propagators import Propagator, TransferPropagator
+    from mlsim.propagators._transfer import is_transfer_file
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no propagator model at {p}")
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for files that are not its own
+        raise ValueError(f"{p} is not an mlsim propagator file ({type(exc).__name__})") from exc
+    if is_transfer_file(payload):
+        return TransferPropagator.load(p)
+    return Propagator.load(p)
+
+
 def _sample(args: argparse.Namespace) -> int:
     """Load structure + model, check they match, run the chain, write DCD + JSON + PDB."""
     import json
@@ -376,33 +497,53 @@ def _sample(args: argparse.Namespace) -> int:
     from openmm import app, unit
 
     from mlsim._fileio import atomic_write, write_json
-    from mlsim.propagators import Propagator, make_hmc, run_propagator_chain
+    from mlsim.propagators import TransferPropagator, make_hmc, run_propagator_chain
     from mlsim.testsystems import phi_psi, write_dcd
     from mlsim.units import positions_to_openmm
 
     if args.steps < 1:
         raise ValueError("--steps must be >= 1")
-    model = Propagator.load(args.model)
+    model = _load_model(args.model)
+    transfer = isinstance(model, TransferPropagator)
     extra = getattr(model, "extra", {}) or {}
     solvent = args.solvent or extra.get("solvent") or "obc2"
     mol = _molecule(args.structure, solvent)
     if not np.all(np.isfinite(mol.positions)):
         raise ValueError("structure has NaN/inf coordinates")
-    model.config.check_graph(mol.graph)
+    notes = []
+    if transfer:
+        unseen = model.unseen_elements(mol)
+        if unseen:
+            # MH keeps the chain exact whatever the proposal; only its efficiency is at stake.
+            notes.append(
+                f"elements {unseen} (Z) were in no training molecule: proposals for their "
+                "torsions are extrapolated (the chain stays exact, acceptance may be low)"
+            )
+            print(f"mlsim propagate: note: {notes[-1]}", file=sys.stderr)
+        if args.hmc_steps < 1 and not args.exploration:
+            raise ValueError(
+                "a transferable propagator proposes torsions only, which is not ergodic on its "
+                "own: use --hmc-steps >= 1"
+            )
+        sampler_model = model.bind(mol)
+        tau_ps, proposal_kind = model.config.tau_ps, "transfer (torsions)"
+    else:
+        model.config.check_graph(mol.graph)
+        sampler_model, tau_ps, proposal_kind = model, model.config.tau_ps, model.config.mode
     spec = args.target or extra.get("target") or "amber14"
     target = _target(spec, mol, solvent, args.temperature, args.platform)
     hmc = None
     if args.hmc_steps > 0:
         hmc = make_hmc(target, None, args.hmc_dt_fs, args.hmc_steps, args.seed)
     res = run_propagator_chain(
-        model, target, mol.positions, args.steps, seed=args.seed, batch=args.batch,
+        sampler_model, target, mol.positions, args.steps, seed=args.seed, batch=args.batch,
         exploration=args.exploration, max_energy_rise_ev=args.max_rise_ev, hmc=hmc,
         mh_per_cycle=args.mh_per_cycle, progress=True,
     )  # fmt: skip
     top = mol.openmm_topology()
-    dcd = write_dcd(
-        _prefix(args.out, ".dcd"), top, positions_to_openmm(res.states), model.config.tau_ps
-    )
+    # Frames are chain states (one per MH step or cycle); the DCD needs some positive spacing.
+    spacing = tau_ps if tau_ps > 0 else 1.0
+    dcd = write_dcd(_prefix(args.out, ".dcd"), top, positions_to_openmm(res.states), spacing)
     pdb = _prefix(args.out, ".pdb")
     with atomic_write(pdb) as fh:
         app.PDBFile.writeFile(top, positions_to_openmm(mol.positions) * unit.nanometer, fh)
@@ -412,8 +553,8 @@ def _sample(args: argparse.Namespace) -> int:
         "model": str(args.model),
         "target": spec,
         "mode": "exploration (unadjusted)" if args.exploration else "Metropolis-Hastings (exact)",
-        "proposal": model.config.mode,
-        "tau_ps": model.config.tau_ps,
+        "proposal": proposal_kind,
+        "tau_ps": tau_ps,
         "steps": args.steps,
         "hmc_steps": args.hmc_steps,
         "acceptance_rate": res.acceptance_rate,
@@ -423,8 +564,28 @@ def _sample(args: argparse.Namespace) -> int:
         "energy_ev_std": float(np.std(energies)),
         "trajectory": str(dcd),
         "topology": str(pdb),
+        "notes": notes,
     }
-    rows = model.config.dihedral_rows
+    if transfer:
+        import torch
+
+        tors = sampler_model.torsions
+        ang = tors.angles(res.states)
+        summary["torsions"] = [
+            {
+                "atoms": [int(a) for a in q],
+                "circular_mean_deg": float(np.degrees(np.angle(np.exp(1j * a).mean()))),
+                "resultant_length": float(np.abs(np.exp(1j * a).mean())),
+            }
+            for q, a in zip(tors.quads, ang.T)
+        ]
+        if res.moves is not None:
+            summary["acceptance_per_block"] = {
+                name: float(res.accepted[res.moves == b].mean())
+                for b, name in enumerate(sampler_model.block_names())
+                if (res.moves == b).any()
+            }
+    rows = [] if transfer else model.config.dihedral_rows
     if rows:
         import torch
 

@@ -1,9 +1,16 @@
 """Learned large-time-step propagators with exact Metropolis-Hastings correction (Timewarp-like).
 
-A conditional normalizing flow q(x(t+tau) | x(t)) over internal coordinates is trained on MD pairs;
-the sampler proposes from it and accepts with the Boltzmann density of a target (an OpenMM System
-or an mlsim model), so the chain is exact. Internal coordinates come from any molecule's bond
-graph (build_zmatrix). Units: Angstrom, eV, fs (lag times tau in ps).
+Two kinds of proposal, both trained on MD pairs (x(t), x(t + tau)) and both exact under MH with
+the Boltzmann density of a target (OpenMMTarget: any OpenMM System; ModelTarget: an mlsim model):
+
+  - Propagator: a conditional normalizing flow for one molecule, over its internal coordinates
+    (a Z-matrix built from the bond graph); Propagator.for_molecule(molecule, tau_ps).
+  - TransferPropagator: one torsion proposal for many molecules, conditioned on the chemistry of
+    each rotatable torsion; train_transfer on several molecules, then .bind(molecule) for any
+    other molecule, without retraining.
+
+run_propagator_chain samples with either (paired with make_hmc for bonds and angles).
+Units: Angstrom, eV, fs (lag times tau in ps).
 """
 
 from __future__ import annotations
@@ -11,74 +18,60 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from mlsim.propagators._flow import ConditionalRealNVP
-from mlsim.propagators._frames import kabsch_align
-from mlsim.propagators._graph import (
-    MolecularGraph,
-    graph_from_rdkit,
-    graph_from_topology,
-    perceive_bonds,
-)
-from mlsim.propagators._hmc import HMCKernel, TargetHMC, make_hmc
-from mlsim.propagators._internal import ZMatrix
-from mlsim.propagators._layout import ZMatrixLayout, atom_features, build_zmatrix, torsion_features
-from mlsim.propagators._model import Propagator, PropagatorConfig
-from mlsim.propagators._molecule import (
-    Molecule,
-    load_molecule,
-    read_trajectory,
-    topology_from_graph,
-)
-from mlsim.propagators._sampler import ChainResult, metropolis_hastings, run_propagator_chain
-from mlsim.propagators._target import ModelTarget, OpenMMTarget, Target
-from mlsim.propagators._train import TrainResult, make_pairs, train_propagator
+from mlsim.propagators._hmc import make_hmc
+from mlsim.propagators._model import Propagator
+from mlsim.propagators._molecule import Molecule, load_molecule, read_trajectory
+from mlsim.propagators._sampler import run_propagator_chain
+from mlsim.propagators._target import ModelTarget, OpenMMTarget
+from mlsim.propagators._train import make_pairs, train_propagator
+from mlsim.propagators._transfer import TransferPropagator, train_transfer
 
+# What a user calls. The building blocks (Z-matrices, graphs, flows, HMC kernels, MH on plain
+# functions, torsion sets) live in the private modules and are imported from there by tests.
 __all__ = [
-    "ChainResult",
-    "ConditionalRealNVP",
-    "HMCKernel",
     "ModelTarget",
-    "MolecularGraph",
     "Molecule",
     "OpenMMTarget",
     "Propagator",
-    "PropagatorConfig",
-    "Target",
-    "TargetHMC",
-    "TrainResult",
-    "ZMatrix",
-    "ZMatrixLayout",
-    "atom_features",
-    "build_zmatrix",
-    "graph_from_rdkit",
-    "graph_from_topology",
-    "kabsch_align",
+    "TransferPropagator",
     "load_molecule",
     "make_hmc",
     "make_pairs",
-    "metropolis_hastings",
-    "perceive_bonds",
     "read_trajectory",
     "run_propagator_chain",
-    "topology_from_graph",
-    "torsion_features",
     "train_propagator",
+    "train_transfer",
 ]
 
-# The alanine-dipeptide tables moved to mlsim.testsystems; old imports still resolve (with a
-# DeprecationWarning) so that scripts written against them keep running.
-_MOVED = {"alanine_zmatrix", "ALANINE_SOFT_ROWS"}
+# Names that left this namespace. The alanine-dipeptide tables moved to mlsim.testsystems; the
+# building blocks are no longer part of the public surface but still resolve from their private
+# modules. Both with a DeprecationWarning, so that scripts written against them keep running.
+_MOVED = {
+    "alanine_zmatrix": "mlsim.testsystems._alanine",
+    "ALANINE_SOFT_ROWS": "mlsim.testsystems._alanine",
+}
+_PRIVATE = {
+    "ChainResult": "_sampler", "metropolis_hastings": "_sampler",
+    "ConditionalRealNVP": "_flow", "kabsch_align": "_frames",
+    "MolecularGraph": "_graph", "graph_from_rdkit": "_graph", "graph_from_topology": "_graph",
+    "perceive_bonds": "_graph", "HMCKernel": "_hmc", "TargetHMC": "_hmc", "ZMatrix": "_internal",
+    "ZMatrixLayout": "_layout", "atom_features": "_layout", "build_zmatrix": "_layout",
+    "torsion_features": "_layout", "PropagatorConfig": "_model", "topology_from_graph": "_molecule",
+    "Target": "_target", "TrainResult": "_train",
+}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:
-    """Resolve names that moved to mlsim.testsystems."""
-    if name in _MOVED:
-        warnings.warn(
-            f"mlsim.propagators.{name} moved to mlsim.testsystems.{name}",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        import mlsim.testsystems
+    """Resolve names that moved (see _MOVED and _PRIVATE), with a DeprecationWarning."""
+    import importlib
 
-        return getattr(mlsim.testsystems, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name in _MOVED:
+        where = _MOVED[name]
+    elif name in _PRIVATE:
+        where = f"{__name__}.{_PRIVATE[name]}"
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        f"mlsim.propagators.{name} moved to {where}.{name}", DeprecationWarning, stacklevel=2
+    )
+    return getattr(importlib.import_module(where), name)

@@ -70,16 +70,22 @@ class HMCKernel:
         """Fraction of accepted HMC moves so far."""
         return self.n_accepted / max(self.n_proposed, 1)
 
-    def step(self, x_angstrom: np.ndarray) -> tuple[np.ndarray, bool, float]:
-        """One HMC move from x (n, 3) Angstrom."""
+    def step(
+        self, x_angstrom: np.ndarray, u0: float | None = None
+    ) -> tuple[np.ndarray, bool, float]:
+        """One HMC move from x (n, 3) Angstrom; u0: U(x) in eV when the caller knows it."""
         from openmm import unit
 
         x = np.asarray(x_angstrom, dtype=np.float64)
         v = self._rng.standard_normal(x.shape) * np.sqrt(self.kt_kj / self.masses)[:, None]
         self._ctx.setPositions(positions_to_openmm(x))
         self._ctx.setVelocities(v)
-        e0 = self._ctx.getState(getEnergy=True).getPotentialEnergy()
-        h0 = e0.value_in_unit(unit.kilojoule_per_mole) + 0.5 * (self.masses[:, None] * v**2).sum()
+        if u0 is None:
+            e0_kj = self._ctx.getState(getEnergy=True).getPotentialEnergy()
+            e0_kj = e0_kj.value_in_unit(unit.kilojoule_per_mole)
+        else:
+            e0_kj = float(u0) * KJ_PER_MOL_PER_EV
+        h0 = e0_kj + 0.5 * (self.masses[:, None] * v**2).sum()
         self._ctx.getIntegrator().step(self.n_steps)
         st = self._ctx.getState(getEnergy=True, getPositions=True, getVelocities=True)
         u1 = st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
@@ -91,7 +97,7 @@ class HMCKernel:
             self.n_accepted += 1
             x1 = positions_from_openmm(st.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
             return x1, True, float(energy_from_openmm(u1))
-        return x, False, float(energy_from_openmm(e0.value_in_unit(unit.kilojoule_per_mole)))
+        return x, False, float(energy_from_openmm(e0_kj))
 
 
 class TargetHMC:
@@ -132,8 +138,11 @@ class TargetHMC:
         """Fraction of accepted HMC moves so far."""
         return self.n_accepted / max(self.n_proposed, 1)
 
-    def step(self, x_angstrom: np.ndarray) -> tuple[np.ndarray, bool, float]:
-        """One HMC move from x (n, 3) Angstrom."""
+    def step(
+        self, x_angstrom: np.ndarray, u0: float | None = None
+    ) -> tuple[np.ndarray, bool, float]:
+        """One HMC move from x (n, 3) Angstrom (u0 is accepted for symmetry with HMCKernel; the
+        forces at x are needed anyway)."""
         x0 = np.asarray(x_angstrom, dtype=np.float64)
         m = self.masses[:, None]
         v = self._rng.standard_normal(x0.shape) * np.sqrt(self.kt / m)

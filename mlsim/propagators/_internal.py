@@ -205,10 +205,13 @@ class ZMatrix:
         :meth:`with_dihedrals` (checked in the tests) but an order of magnitude fewer tensor ops.
         """
         x = x.clone()
+        moved = (delta != 0).any(0).tolist()
         for r in sorted(range(len(rows)), key=lambda q: rows[q]):
+            if not moved[r]:  # a zero rotation (a row no proposal of this batch moves)
+                continue
             row = rows[r]
             _, j, k, _ = self.rows[row]
-            idx = self.moving[row]
+            idx = self._moving_index(row)
             a = _unit(x[:, k] - x[:, j])[:, None, :]
             v = x[:, idx] - x[:, j][:, None, :]
             ang = delta[:, r][:, None, None]
@@ -220,6 +223,14 @@ class ZMatrix:
             )
             x[:, idx] = v + x[:, j][:, None, :]
         return x
+
+    def _moving_index(self, row: int) -> torch.Tensor:
+        """The atoms of self.moving[row] as an index tensor (cached: indexing with a list
+        converts it on every call)."""
+        cache = self.__dict__.setdefault("_moving_tensors", {})
+        if row not in cache:
+            cache[row] = torch.as_tensor(self.moving[row], dtype=torch.long)
+        return cache[row]
 
     @staticmethod
     def wrapped_delta(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

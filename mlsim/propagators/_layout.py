@@ -249,8 +249,9 @@ def _linear_error(x: np.ndarray | None, i: int, j: int) -> ValueError:
 
 # --- features for proposals conditioned on chemistry ---------------------------------------------
 # A transferable proposal (one model for many molecules) needs to know what each coordinate is.
-# These per-atom and per-row descriptors are that interface; the current per-molecule flow does
-# not use them yet.
+# These per-atom and per-row descriptors are that interface: the transfer proposal builds its
+# torsion descriptors from atom_features (mlsim.propagators._torsions); the per-molecule flow
+# does not need them.
 _ELEMENTS = (1, 6, 7, 8, 9, 15, 16, 17, 35, 53)
 
 

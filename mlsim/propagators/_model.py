@@ -1,8 +1,8 @@
 """The learned propagator: an exact conditional density q(x(t+tau) | x(t)) in Cartesian space.
 
 Lengths are in Angstrom. A model is specific to one molecule (its Z-matrix and atom order are in
-the config); a transferable proposal would condition each coordinate on the chemistry features
-of mlsim.propagators._layout (atom_features, torsion_features) instead of on its index.
+the config); the transferable proposal (mlsim.propagators._transfer) conditions each torsion on
+its chemistry instead of on its index.
 """
 
 from __future__ import annotations
@@ -125,6 +125,23 @@ class PropagatorConfig:
         )
 
 
+def save_module(
+    path: str | os.PathLike, fmt: str, module: nn.Module, extra: dict | None = None
+) -> Path:
+    """Write a propagator's format tag, config (a dataclass), weights and extras atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": fmt,
+        "config": asdict(module.config),
+        "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+        "extra": extra or {},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
 class Propagator(nn.Module):
     """Conditional flow over x' (Angstrom) given x, in internal coordinates relative to x.
 
@@ -158,6 +175,16 @@ class Propagator(nn.Module):
         )
         self.register_buffer("s_mean", torch.zeros(n_groups * per_group))
         self.register_buffer("s_std", torch.ones(n_groups * per_group))
+
+    @classmethod
+    def for_molecule(cls, molecule, tau_ps: float, mode: str = "dihedrals", **kwargs) -> Propagator:
+        """A new (untrained) propagator for a Molecule: its Z-matrix from the bond graph; mode
+        "dihedrals" proposes the rotatable torsions. Keywords set the architecture (hidden,
+        n_layers, d_context, seed)."""
+        from mlsim.propagators._layout import build_zmatrix
+
+        layout = build_zmatrix(molecule.graph, molecule.positions)
+        return cls(PropagatorConfig.for_layout(layout, tau_ps, mode, **kwargs))
 
     def _check(self, x: torch.Tensor) -> torch.Tensor:
         """Validate a batch of positions (B, n, 3)."""
@@ -234,17 +261,7 @@ class Propagator(nn.Module):
 
     def save(self, path: str | os.PathLike, extra: dict | None = None) -> Path:
         """Write config + weights atomically (mlsim._fileio)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "format": _FORMAT,
-            "config": asdict(self.config),
-            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
-            "extra": extra or {},
-        }
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
-        return path
+        return save_module(path, _FORMAT, self, extra)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Propagator:

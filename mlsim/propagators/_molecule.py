@@ -45,6 +45,15 @@ class Molecule:
         """Number of atoms."""
         return self.graph.n_atoms
 
+    @classmethod
+    def from_topology(cls, topology, positions: np.ndarray, name: str = "molecule") -> Molecule:
+        """A Molecule from an OpenMM Topology (bonds from it) and positions (n, 3) in Angstrom."""
+        x = np.asarray(positions, dtype=np.float64)
+        graph = graph_from_topology(topology)
+        if x.shape != (graph.n_atoms, 3) or not np.all(np.isfinite(x)):
+            raise ValueError(f"positions must be finite with shape ({graph.n_atoms}, 3)")
+        return cls(x, graph, topology, name)
+
     def openmm_topology(self):
         """The OpenMM Topology (built from the graph when the input had none)."""
         if self.topology is None:
@@ -158,7 +167,7 @@ def read_trajectory(
     elif suffix in (".dcd", ".xtc", ".trr", ".h5", ".nc"):
         import mdtraj
 
-        from mlsim.analysis import file_frame_interval_ps
+        from mlsim.analysis._timestep import file_frame_interval_ps
 
         top = mdtraj.Topology.from_openmm(molecule.openmm_topology())
         t = mdtraj.load(str(path), top=top)

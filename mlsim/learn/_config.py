@@ -18,12 +18,14 @@ class LearnConfig:
     """Everything one active-learning run needs; paths are relative to the YAML file."""
 
     output: str  # state folder: state.json, iter_NNN/, report.md
-    structures: str  # starting structures (every frame of the file is a walker start)
+    structures: str  # starting structures (every frame of the file is a walker start) or smiles:
     train: str  # base training YAML (model, loss, schedule); its `ensemble` must be >= 2
     reference: dict[str, Any] = field(default_factory=lambda: {"method": "xtb"})
     initial_data: str | None = None  # labelled structures to start from
     initial_model: str | None = None  # a committee model.pt trained on initial_data
-    # Without initial data: cheap MD with `calculator` (xtb or module:Class), labelled afterwards.
+    # Without initial data: cheap MD, labelled afterwards: ASE with `calculator` (xtb or
+    # module:Class) or OpenMM with `forcefield` (see mlsim.learn._initial). The default must stay
+    # as it is: it is part of every saved state.json, which --resume compares.
     initial_samples: dict[str, Any] = field(
         default_factory=lambda: {
             "calculator": "xtb",
@@ -110,17 +112,20 @@ class LearnConfig:
             )
         if self.initial_model and not self.initial_data:
             raise ValueError("initial_model needs the initial_data it was trained on")
+        from mlsim.learn._initial import check_initial_samples, smiles_of
+
+        smiles = smiles_of(self.structures)
+        if smiles is not None and not smiles:
+            raise ValueError("structures: 'smiles:' needs a SMILES string after it")
         for key in ("structures", "train", "initial_data", "initial_model", "test_data"):
             p = getattr(self, key)
+            if key == "structures" and smiles is not None:
+                continue
             if p is not None and not self.path(p).is_file():
                 raise FileNotFoundError(f"{key}: file not found: {self.path(p)}")
         if not self.initial_data:
-            s = self.initial_samples
-            unknown = set(s) - {"calculator", "temperatures", "frames", "every", "timestep_fs"}
-            if unknown:
-                raise ValueError(f"initial_samples: unknown keys {sorted(unknown)}")
-            if int(s.get("frames", 0)) < 1:
-                raise ValueError("initial_samples.frames must be >= 1")
+            structures = None if smiles is not None else self.path(self.structures)
+            check_initial_samples(self.initial_samples, structures)
 
 
 def load_learn_config(path: str | Path, overrides: dict[str, Any] | None = None) -> LearnConfig:
@@ -155,14 +160,18 @@ def load_learn_config(path: str | Path, overrides: dict[str, Any] | None = None)
 DOCS: dict[str, str] = {
     "output": "state folder: state.json, iter_NNN/ (walkers, selected frames, labels, committee), "
     "model.pt, report.md",
-    "structures": "starting structures; every frame of the file is a walker start",
+    "structures": "starting structures; every frame of the file is a walker start (any ASE "
+    "format, PDB, SDF/MOL2), or 'smiles:SMILES' (one RDKit conformer, written to OUTPUT/start.sdf)",
     "train": "base training YAML (model, loss, schedule); its `ensemble` must be >= 2",
     "reference": "reference method: {method: dft|xtb|module:Class, ...}; dft takes functional, "
     "basis, density_fit, charge, spin, threads; xtb takes charge, spin",
     "initial_data": "labelled structures to start from (null: sample and label first)",
     "initial_model": "a committee model.pt trained on initial_data (null: train one first)",
-    "initial_samples": "without initial_data: cheap MD {calculator, temperatures, frames, every, "
-    "timestep_fs}, labelled by the reference afterwards",
+    "initial_samples": "without initial_data: cheap MD from every start, labelled by the reference "
+    "afterwards: {calculator: xtb|module:Class (ASE MD), or forcefield: OpenMM files for a PDB "
+    "(e.g. amber14-all.xml) or gaff2 (SDF/MOL2/SMILES molecule, AmberTools), temperatures (K), "
+    "frames (per start and temperature), every (steps between frames), timestep_fs, "
+    "equilibration_fs (default 1000), friction_per_fs (default 0.01)}",
     "temperatures": "exploration temperature ladder (K)",
     "walkers": "MD walkers per temperature and iteration",
     "steps": "MD steps per walker and iteration",

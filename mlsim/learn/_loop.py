@@ -21,6 +21,7 @@ import numpy as np
 from mlsim._fileio import atomic_path, write_json
 from mlsim.data import Dataset, Structure, read, write
 from mlsim.learn._config import RESUMABLE_CHANGES, LearnConfig
+from mlsim.learn._initial import read_starts
 from mlsim.learn._reference import check_reference, labeller_options
 
 __all__ = ["learn"]
@@ -76,6 +77,16 @@ def _load_state(cfg: LearnConfig, out: Path, resume: bool) -> dict[str, Any]:
     return state
 
 
+def _structures_path(cfg: LearnConfig, out: Path) -> Path:
+    """The starting-structure file; a `smiles:` start is embedded once into OUTPUT/start.sdf."""
+    from mlsim.learn._initial import embed_smiles, smiles_of
+
+    smiles = smiles_of(cfg.structures)
+    if smiles is None:
+        return cfg.path(cfg.structures)
+    return embed_smiles(smiles, out / "start.sdf", cfg.seed)
+
+
 def _train(
     cfg: LearnConfig, data: list[Structure], folder: Path, init_model: Path | None, progress: bool
 ) -> Path:
@@ -117,7 +128,12 @@ def _label(cfg: LearnConfig, inputs: Path, out: Path, progress: bool) -> list[St
 
 
 def _bootstrap(
-    cfg: LearnConfig, out: Path, state: dict, starts: list[Structure], progress: bool
+    cfg: LearnConfig,
+    out: Path,
+    state: dict,
+    structures: Path,
+    starts: list[Structure],
+    progress: bool,
 ) -> Path:
     """Iteration 0: the first committee, from initial_model, initial_data or cheap MD samples."""
     if cfg.initial_model:
@@ -129,26 +145,11 @@ def _bootstrap(
     else:
         samples = folder / "samples.extxyz"
         if not samples.is_file():
-            from mlsim.data import sample
-            from mlsim.data._backends import make_calculator
+            from mlsim.learn._initial import initial_samples
 
-            s = cfg.initial_samples
-            frames: list[Structure] = []
-            calc_name = str(s.get("calculator", "xtb"))
-            for k, start in enumerate(starts):
-                calc, _ = make_calculator(calc_name)
-                frames += list(
-                    sample(
-                        start,
-                        calc,
-                        [float(t) for t in s.get("temperatures", [300.0])],
-                        int(s.get("frames", 20)),
-                        every=int(s.get("every", 20)),
-                        timestep_fs=float(s.get("timestep_fs", 0.5)),
-                        seed=cfg.seed * 1000 + k,
-                        progress=progress,
-                    )
-                )
+            frames = initial_samples(
+                cfg.initial_samples, structures, starts, folder, cfg.seed, progress
+            )
             frames = frames[: cfg.max_labels]
             # Bare geometries: the reference labels them, whatever the sampler computed.
             write(
@@ -273,13 +274,14 @@ def learn(cfg: LearnConfig, resume: bool = False, progress: bool = True) -> dict
     out = cfg.path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     state = _load_state(cfg, out, resume)
-    starts = list(read(cfg.path(cfg.structures)))
+    structures = _structures_path(cfg, out)
+    starts = read_starts(structures)
     if not starts:
         raise ValueError(f"{cfg.structures}: no starting structures")
     check_reference(cfg.reference, [z for s in starts for z in s.numbers])
     labelled = list(read(cfg.path(cfg.initial_data))) if cfg.initial_data else []
     if state["iteration"] == 0:
-        model_path = _bootstrap(cfg, out, state, starts, progress)
+        model_path = _bootstrap(cfg, out, state, structures, starts, progress)
         state["model"] = str(model_path)
         state["iteration"] = 1
         write_json(out / "state.json", state)

@@ -918,7 +918,8 @@ def optimize_for_inference(
             raise RuntimeError(f"the fused C++ kernel could not be built: {why}")
     name = getattr(model, "original_name", type(model).__name__)
     if isinstance(model, Ensemble) or name == "Ensemble":
-        members: Sequence[nn.Module] = list(model.members)
+        # children(): the ModuleList of an Ensemble loaded from a model.pt cannot be iterated.
+        members: Sequence[nn.Module] = list(model.members.children())
         fast: nn.Module = Ensemble(
             [optimize_for_inference(m, backend, knots, chunk, script=False) for m in members]
         )

@@ -74,6 +74,23 @@ class _PaiNNTrunk(AtomicModel):
 
     features: int
 
+    def build_trunk(
+        self, cutoff: float, features: int, num_interactions: int, num_rbf: int
+    ) -> None:
+        """Set the trunk's hyperparameters and build its blocks (seeded draws: embedding, layers)."""
+        self.cutoff = float(cutoff)
+        self.num_rbf = int(num_rbf)
+        self.features = int(features)
+        # Creation order = the order the seeded initial weights are drawn in: keep it (the radial
+        # basis and the cutoff draw nothing). The cutoff as given keeps BesselRBF bit-identical.
+        self.embedding = ElementEmbedding(len(self.elements), features)
+        self.messages = nn.ModuleList(
+            [_Message(features, num_rbf) for _ in range(num_interactions)]
+        )
+        self.updates = nn.ModuleList([_Update(features) for _ in range(num_interactions)])
+        self.rbf = BesselRBF(num_rbf, cutoff)
+        self.fcut = CosineCutoff(cutoff)
+
     def trunk_features(
         self,
         species: Tensor,
@@ -134,20 +151,10 @@ class PaiNNModel(_PaiNNTrunk):
     ) -> None:
         """Build embedding, interaction blocks and readout; self_energies maps Z -> eV."""
         super().__init__(elements, self_energies, energy_scale)
-        self.cutoff = float(cutoff)
-        self.num_rbf = int(num_rbf)
-        self.features = int(features)
-        # Creation order = the order the seeded initial weights are drawn in: keep it.
-        self.embedding = ElementEmbedding(len(self.elements), features)
-        self.messages = nn.ModuleList(
-            [_Message(features, num_rbf) for _ in range(num_interactions)]
-        )
-        self.updates = nn.ModuleList([_Update(features) for _ in range(num_interactions)])
+        self.build_trunk(cutoff, features, num_interactions, num_rbf)
         self.readout = nn.Sequential(
             nn.Linear(features, features // 2), nn.SiLU(), nn.Linear(features // 2, 1)
         )
-        self.rbf = BesselRBF(num_rbf, cutoff)
-        self.fcut = CosineCutoff(cutoff)
 
     def renamed_state_dict_keys(self) -> dict[str, str]:
         """Old -> new state-dict keys (the radial frequencies moved into the BesselRBF block)."""

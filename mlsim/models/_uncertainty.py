@@ -48,9 +48,12 @@ def committee_properties(
 
     Returns "energy" (B,), "forces" (N, 3) (the committee means), "energy_std" (B,),
     "forces_std" (N,): per atom, the root mean square over members of |F_k,i - mean_k F_k,i|, and
-    "member_forces" (M, N, 3). One forward pass of all members and one backward pass per member:
-    each backward touches only its own member's graph, so the total costs about as much as the
-    mean forces alone. The input checks and errors are those of compute_properties.
+    "member_forces" (M, N, 3). The members of an Ensemble are evaluated one by one on one pair
+    list: each forward pass with its own backward pass, or for inference-optimised members
+    (optimize_for_inference) their direct energy-and-gradient call, with no autograd at all. So
+    a committee of M costs M single-model evaluations; one backward pass per member through the
+    scripted Ensemble's joint graph instead ran every member's backward each time (measured in
+    benchmarks/committee.py). The input checks and errors are those of compute_properties.
     """
     if not hasattr(model, "member_energies"):
         raise ValueError(
@@ -61,20 +64,10 @@ def committee_properties(
         raise ValueError("positions contain NaN or infinite values")
     if min_distance is not None and min_distance > 0:
         check_min_distance(numbers, positions, cell, pbc, batch, min_distance)
-    pos = positions.detach().requires_grad_(True)
-    if pairs is None:
-        members = model.member_energies(numbers, pos, cell, pbc, batch)
+    if hasattr(model, "members"):
+        members, member_forces = _each_member(model, numbers, positions, cell, pbc, batch, pairs)
     else:
-        members = model.member_energies_from_pairs(numbers, pos, cell, pbc, batch, *pairs)
-    n_members = members.shape[0]
-    forces = []
-    for k in range(n_members):
-        (g,) = torch.autograd.grad(
-            members[k].sum(), pos, retain_graph=k + 1 < n_members, allow_unused=True
-        )
-        forces.append(-g if g is not None else torch.zeros_like(pos))
-    member_forces = torch.stack(forces).detach()
-    members = members.detach()
+        members, member_forces = _joint(model, numbers, positions, cell, pbc, batch, pairs)
     mean_f = member_forces.mean(0)
     dev = member_forces - mean_f
     out = {
@@ -88,6 +81,62 @@ def committee_properties(
     # A NaN in any member reaches the means, so checking the means covers every member.
     _check_finite({"energy": out["energy"], "forces": out["forces"]}, numbers, batch, 0)
     return out
+
+
+def _each_member(
+    model: nn.Module,
+    numbers: Tensor,
+    positions: Tensor,
+    cell: Tensor,
+    pbc: Tensor,
+    batch: Tensor,
+    pairs: tuple[Tensor, Tensor, Tensor] | None,
+) -> tuple[Tensor, Tensor]:
+    """Energies (M, B) and forces (M, N, 3) of an Ensemble's members, one member at a time."""
+    energies, forces = [], []
+    # children(), not iteration: a ModuleList loaded from a model.pt cannot be iterated.
+    for m in model.members.children():
+        if hasattr(m, "energy_and_gradients"):
+            i, j, shifts = pairs if pairs is not None else m.pairs(positions, cell, pbc, batch)
+            e, g, _, _ = m.energy_and_gradients(
+                numbers, positions, cell, pbc, batch, i, j, shifts, False
+            )
+        else:
+            pos = positions.detach().requires_grad_(True)
+            if pairs is None:
+                e = m(numbers, pos, cell, pbc, batch)
+            else:
+                e = m.energy_from_pairs(numbers, pos, cell, pbc, batch, *pairs)
+            (g,) = torch.autograd.grad(e.sum(), pos, allow_unused=True)
+            g = g if g is not None else torch.zeros_like(pos)
+        energies.append(e.detach().to(positions.dtype))
+        forces.append(-g.detach().to(positions.dtype))
+    return torch.stack(energies), torch.stack(forces)
+
+
+def _joint(
+    model: nn.Module,
+    numbers: Tensor,
+    positions: Tensor,
+    cell: Tensor,
+    pbc: Tensor,
+    batch: Tensor,
+    pairs: tuple[Tensor, Tensor, Tensor] | None,
+) -> tuple[Tensor, Tensor]:
+    """Energies (M, B) and forces (M, N, 3) of any other committee (member_energies only)."""
+    pos = positions.detach().requires_grad_(True)
+    if pairs is None:
+        members = model.member_energies(numbers, pos, cell, pbc, batch)
+    else:
+        members = model.member_energies_from_pairs(numbers, pos, cell, pbc, batch, *pairs)
+    n_members = members.shape[0]
+    forces = []
+    for k in range(n_members):
+        (g,) = torch.autograd.grad(
+            members[k].sum(), pos, retain_graph=k + 1 < n_members, allow_unused=True
+        )
+        forces.append(-g if g is not None else torch.zeros_like(pos))
+    return members.detach(), torch.stack(forces).detach()
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:

@@ -267,8 +267,9 @@ def _amber_runner(atoms, topology) -> Callable[[], None]:
     """OpenMM Amber14 energy+forces on the CPU platform, one thread."""
     if topology is None:
         raise Skip("Amber14 has no parameters for ethanol (no protein/nucleic/water residue)")
-    import openmm
     from openmm import app, unit
+
+    from mlsim.openmm._engine import make_context, set_positions
 
     if atoms.pbc.any():
         ff = app.ForceField("amber14-all.xml", "amber14/tip3p.xml")
@@ -278,18 +279,11 @@ def _amber_runner(atoms, topology) -> Callable[[], None]:
     else:
         ff = app.ForceField("amber14-all.xml")
         system = ff.createSystem(topology, nonbondedMethod=app.NoCutoff)
-    ctx = openmm.Context(
-        system,
-        openmm.VerletIntegrator(0.001),
-        openmm.Platform.getPlatformByName("CPU"),
-        {"Threads": "1"},
-    )
-    if atoms.pbc.any():
-        ctx.setPeriodicBoxVectors(*(np.asarray(atoms.cell.array) / 10.0))
-    pos = np.asarray(atoms.positions) / 10.0
+    ctx = make_context(system, None, "CPU", threads=1)
+    cell = np.asarray(atoms.cell.array) if atoms.pbc.any() else None
 
     def run() -> None:
-        ctx.setPositions(pos)
+        set_positions(ctx, atoms.positions, cell)
         ctx.getState(getEnergy=True, getForces=True)
 
     return run
@@ -394,25 +388,17 @@ def worker_paths(n_atoms: int, rounds: int, budget: float) -> dict:
         return _ase_runner(a)
 
     def omm(model, backend):
-        import openmm
-
         from mlsim.data import Structure
         from mlsim.openmm import create_system
+        from mlsim.openmm._engine import make_context, set_positions
 
         s = Structure.from_atoms(atoms)
         system = create_system(model, s, backend=backend)
-        ctx = openmm.Context(
-            system,
-            openmm.VerletIntegrator(0.0005),
-            openmm.Platform.getPlatformByName("CPU"),
-            {"Threads": "1"},
-        )
-        if s.periodic:
-            ctx.setPeriodicBoxVectors(*(np.asarray(atoms.cell.array) / 10.0))
-        pos = np.asarray(atoms.positions) / 10.0
+        ctx = make_context(system, None, "CPU", threads=1)
+        cell = np.asarray(atoms.cell.array) if s.periodic else None
 
         def run() -> None:
-            ctx.setPositions(pos)
+            set_positions(ctx, atoms.positions, cell)
             ctx.getState(getEnergy=True, getForces=True)
 
         return run

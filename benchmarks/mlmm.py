@@ -66,11 +66,11 @@ def model_for(name: str) -> tuple[torch.nn.Module, str]:
 
 def context(system, positions_a: np.ndarray, cell_a: np.ndarray):
     """A minimised context (CPU platform, 1 thread) with LangevinMiddle at 300 K, 1 fs."""
-    import openmm
 
     from mlsim.openmm._engine import (
         langevin_integrator,
         make_context,
+        minimize,
         set_positions,
         set_velocities,
     )
@@ -78,7 +78,7 @@ def context(system, positions_a: np.ndarray, cell_a: np.ndarray):
     integ = langevin_integrator(1.0, 300.0, 1.0, seed=1)
     ctx = make_context(system, integ, "CPU", threads=1)
     set_positions(ctx, positions_a, cell_a)
-    openmm.LocalEnergyMinimizer.minimize(ctx, 10.0, 200)
+    minimize(ctx, 0.01, 200)
     set_velocities(ctx, 300.0, seed=1)
     integ.step(20)  # warm-up (TorchScript's first calls compile)
     return ctx, integ, ctx.getState(getPositions=True, getVelocities=True)

@@ -221,3 +221,42 @@ def test_a_gpu_platform_that_cannot_start_gives_a_platform_error(monkeypatch):
     # The same failure on a CPU-side platform is not dressed up as a GPU problem.
     with pytest.raises(openmm.OpenMMException, match="DeviceIndex"):
         eng.make_context(bond_system(1.0, 1.0), None, "Reference")
+
+
+def test_maxwell_boltzmann_and_kinetic_energy_in_ase_units():
+    """<KE> = 3/2 N kT for velocities drawn in A/fs; kinetic_energy agrees with OpenMM's own."""
+    rng = np.random.default_rng(0)
+    masses = np.array([1.008, 12.011, 15.999] * 2000)
+    v = eng.maxwell_boltzmann(masses, 300.0, rng)
+    assert v.shape == (len(masses), 3)
+    ke = 0.5 * (masses[:, None] * v**2).sum() * EV_PER_AMU_A2_PER_FS2
+    assert abs(ke / (1.5 * len(masses) * KB_EV * 300.0) - 1.0) < 0.03
+    # 1e-9: the amu typed here and 1 g/mol / N_A (OpenMM's dalton) differ at 3e-10
+    assert eng.kinetic_energy(masses, v) == pytest.approx(ke, rel=1e-9)
+    # Free particles: a leapfrog Verlet integrator reports the kinetic energy of velocities
+    # shifted by half a step of the forces, so only without forces is it that of the set ones.
+    system = openmm.System()
+    for m in (12.0, 16.0):
+        system.addParticle(m)
+    ctx = eng.make_context(system, None, "Reference")
+    eng.set_positions(ctx, np.array([[0.0, 0.0, 0.0], [1.2, 0.0, 0.0]]))
+    vv = eng.maxwell_boltzmann([12.0, 16.0], 500.0, rng)
+    eng.set_velocity_array(ctx, vv)
+    state = ctx.getState(getEnergy=True)
+    assert eng.kinetic_energy([12.0, 16.0], vv) == pytest.approx(
+        eng.kinetic_energy_of(state), rel=1e-10
+    )
+    with pytest.raises(ValueError, match="masses"):
+        eng.maxwell_boltzmann([1.0, 0.0], 300.0, rng)
+
+
+def test_minimize_stops_at_a_tolerance_in_ev_per_angstrom():
+    """A stretched bond relaxes until its force is below the tolerance given in eV/A."""
+    k, r0 = 3.0, 1.1
+    ctx = eng.make_context(bond_system(k, r0), None, "Reference")
+    eng.set_positions(ctx, np.array([[0.0, 0.0, 0.0], [1.6, 0.0, 0.0]]))
+    eng.minimize(ctx, 1e-4, 0)
+    _, forces = eng.evaluate(ctx)
+    assert np.abs(forces).max() < 1e-4
+    x = eng.positions_of(ctx.getState(getPositions=True))
+    assert np.linalg.norm(x[1] - x[0]) == pytest.approx(r0, abs=1e-4 / k * 2)

@@ -336,3 +336,30 @@ def test_cli_train_and_sample_any_molecule(ethanol, mol, tmp_path, capsys) -> No
     assert main(["propagate", "sample", pdb, "--model", str(prop), "--target", "amber14"]) == 1
     err = capsys.readouterr().err
     assert "Amber14 cannot parameterise" in err and "--target MODEL.pt" in err
+
+
+def test_hmc_kernel_samples_the_boltzmann_distribution_of_a_bond() -> None:
+    """One harmonic bond: <U> = kT/2 and <r - r0> = 0 under HMC (exact H, kT in eV)."""
+    import openmm
+
+    from mlsim.propagators._hmc import HMCKernel
+    from mlsim.units import KB_EV_PER_K, KJ_PER_MOL_PER_EV
+
+    k_ev, r0, temp = 20.0, 1.2, 400.0
+    system = openmm.System()
+    for m in (12.0, 16.0):
+        system.addParticle(m)
+    bond = openmm.HarmonicBondForce()
+    bond.addBond(0, 1, r0 / 10.0, k_ev * KJ_PER_MOL_PER_EV * 100.0)
+    system.addForce(bond)
+    hmc = HMCKernel(system, temp, dt_fs=1.0, n_steps=7, seed=3)
+    x = np.array([[0.0, 0.0, 0.0], [r0, 0.0, 0.0]])
+    energies = []
+    for _ in range(3000):
+        x, _, e = hmc.step(x)
+        energies.append(e)
+    kt = KB_EV_PER_K * temp
+    u = np.array(energies[200:])
+    # ~2800 nearly independent draws: the mean is kT/2 to a few percent
+    assert abs(u.mean() / (0.5 * kt) - 1.0) < 0.1
+    assert 0.5 < hmc.acceptance_rate <= 1.0

@@ -240,7 +240,6 @@ def _sample_openmm(
     platform: str,
 ) -> Dataset:
     """Langevin (NVT, or NPT with pressure_bar) with an OpenMM force field; unlabelled frames."""
-    import openmm
     from openmm import app, unit
 
     from mlsim import units
@@ -249,6 +248,7 @@ def _sample_openmm(
         get_platform,
         langevin_integrator,
         make_context,
+        minimize,
         positions_of,
         potential_energy_of,
         set_barostat,
@@ -305,7 +305,7 @@ def _sample_openmm(
         set_positions(ctx, pos0, cell0 if periodic else None)
         # A freshly built box (Modeller.addSolvent, packmol) has clashes that would blow up the
         # first steps; a short minimisation removes them (equilibration does the rest).
-        openmm.LocalEnergyMinimizer.minimize(ctx, 10.0, 500)
+        minimize(ctx, 0.01, 500)
         set_velocities(ctx, temp, int(seed * 1000 + k + 1))
         _openmm_steps(integ, n_eq, bar)
         for f in range(n_frames):

@@ -25,10 +25,13 @@ __all__ = [
     "evaluate",
     "forces_of",
     "get_platform",
+    "kinetic_energy",
     "kinetic_energy_of",
     "langevin_integrator",
     "make_context",
     "make_simulation",
+    "maxwell_boltzmann",
+    "minimize",
     "positions_of",
     "potential_energy_of",
     "set_barostat",
@@ -241,6 +244,35 @@ def set_velocity_array(context: Any, velocities: ArrayLike) -> None:
     if v.shape != (n, 3) or not np.isfinite(v).all():
         raise ValueError(f"velocities must be finite with shape ({n}, 3), got {v.shape}")
     context.setVelocities(units.positions_to_openmm(v) * units.FS_PER_PS)  # A/fs -> nm/ps
+
+
+def maxwell_boltzmann(
+    masses_amu: ArrayLike, temperature_k: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Velocities (n, 3) in Angstrom/fs drawn from Maxwell-Boltzmann at temperature_k (K)."""
+    m = np.asarray(masses_amu, dtype=float)
+    if m.ndim != 1 or np.any(m <= 0):
+        raise ValueError("masses must be positive values (amu), one per atom")
+    # sqrt(kT/m) with kT in kJ/mol and m in g/mol is in nm/ps (OpenMM's units): convert once.
+    kt_kj = units.KB_EV_PER_K * float(temperature_k) * units.KJ_PER_MOL_PER_EV
+    v_nm_ps = rng.standard_normal((len(m), 3)) * np.sqrt(kt_kj / m)[:, None]
+    return units.positions_from_openmm(v_nm_ps) / units.FS_PER_PS
+
+
+def kinetic_energy(masses_amu: ArrayLike, velocities: ArrayLike) -> float:
+    """Kinetic energy in eV of velocities (n, 3) in Angstrom/fs with masses in amu."""
+    v_nm_ps = units.positions_to_openmm(velocities) * units.FS_PER_PS
+    m = np.asarray(masses_amu, dtype=float)[:, None]
+    return float(units.energy_from_openmm(0.5 * (m * v_nm_ps**2).sum()))
+
+
+def minimize(context: Any, tolerance_ev_per_a: float = 0.01, max_iterations: int = 0) -> None:
+    """Local energy minimisation until the largest force is below tolerance (eV/Angstrom)."""
+    import openmm
+
+    # OpenMM's tolerance is a force in kJ/mol/nm.
+    tol = float(units.forces_to_openmm(float(tolerance_ev_per_a)))
+    openmm.LocalEnergyMinimizer.minimize(context, tol, int(max_iterations))
 
 
 def positions_of(state: Any) -> np.ndarray:

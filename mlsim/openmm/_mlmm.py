@@ -389,7 +389,7 @@ def equilibrate(
     friction_per_ps: float = 1.0,
     nvt_ps: float = 10.0,
     npt_ps: float = 10.0,
-    minimize_tolerance: float = 10.0,
+    minimize_tolerance: float = 0.01,
     max_minimize_steps: int = 1000,
     ml_minimize_steps: int = 100,
     platform: str = "CPU",
@@ -401,8 +401,8 @@ def equilibrate(
     """Minimise, then NVT for nvt_ps and NPT (Monte Carlo barostat) for npt_ps; (positions, cell) A.
 
     Writes equilibration.csv (relative energies, volume, density) and equilibrated.pdb to
-    out_dir; with verbose, one line per stage to stderr. minimize_tolerance is OpenMM's
-    (kJ/mol/nm): at most max_minimize_steps L-BFGS iterations of the all-MM system, then
+    out_dir; with verbose, one line per stage to stderr. minimize_tolerance is the largest
+    force left (eV/Angstrom): at most max_minimize_steps L-BFGS iterations of the all-MM system, then
     ml_minimize_steps of the ML/MM one (kept only if the ligand's bonds survive them). Every
     check_interval steps the ML ligand's bonds (from the input file) and the energy are checked:
     SimulationBlowUp names the stage, as run_md does in production.
@@ -415,6 +415,7 @@ def equilibrate(
         langevin_integrator,
         make_context,
         make_simulation,
+        minimize,
         set_barostat,
         set_positions,
         set_velocities,
@@ -465,18 +466,20 @@ def equilibrate(
     e0 = sim.context.getState(getEnergy=True).getPotentialEnergy()._value
     log(_energy_line("mlsim: start", e0, offset_kj), file=sys.stderr)
     t0 = time.perf_counter()
-    tolerance = minimize_tolerance * unit.kilojoule_per_mole / unit.nanometer
     # Minimise with the all-MM system first: it removes the solvation clashes while GAFF2 holds
     # the ligand together. L-BFGS on the ML/MM system alone can pull an ML ligand apart (ML
     # models have unphysical low-energy regions far from their training data, and MM charges
     # nearby reward them), so the ML/MM system only gets a short relaxation from there.
     mm_ctx = make_context(setup.mm_system, None, platform)
     set_positions(mm_ctx, setup.positions, setup.cell)
-    openmm.LocalEnergyMinimizer.minimize(mm_ctx, tolerance, max_minimize_steps)
+    minimize(mm_ctx, minimize_tolerance, max_minimize_steps)
     mm_min = mm_ctx.getState(getPositions=True).getPositions(asNumpy=True)
     del mm_ctx
     sim.context.setPositions(mm_min)
     if ml.size:
+        tolerance = (
+            units.forces_to_openmm(minimize_tolerance) * unit.kilojoule_per_mole / unit.nanometer
+        )
         sim.minimizeEnergy(tolerance=tolerance, maxIterations=ml_minimize_steps)
         problem = _ligand_problem(sim.context, guard, ml)
         if problem:

@@ -13,14 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlsim.units import (
-    KB_EV_PER_K,
-    KJ_PER_MOL_PER_EV,
-    energy_from_openmm,
-    positions_from_openmm,
-    positions_to_openmm,
-    time_to_openmm,
-)
+from mlsim.units import KB_EV_PER_K, time_to_openmm
 
 __all__ = ["HMCKernel", "TargetHMC", "make_hmc"]
 
@@ -40,27 +33,26 @@ class HMCKernel:
         """Build a velocity-Verlet Context; the System must be unconstrained."""
         import openmm
 
+        from mlsim.openmm._engine import make_context
+
         if system.getNumConstraints():
             raise ValueError("HMCKernel needs an unconstrained System (constraints=None)")
         if n_steps < 1 or dt_fs <= 0:
             raise ValueError("n_steps must be >= 1 and dt_fs > 0")
         self.n_steps = int(n_steps)
-        self.kt_kj = KB_EV_PER_K * temperature * KJ_PER_MOL_PER_EV  # kJ/mol
-        from openmm import unit
-
+        self.temperature = float(temperature)
+        self.kt = KB_EV_PER_K * self.temperature  # eV
+        # OpenMM stores masses in dalton (= amu, mlsim's mass unit): no conversion.
         self.masses = np.array(
-            [
-                system.getParticleMass(i).value_in_unit(unit.dalton)
-                for i in range(system.getNumParticles())
-            ]
+            [system.getParticleMass(i)._value for i in range(system.getNumParticles())]
         )
+        # A CustomIntegrator so that the velocities read back are on-step (exact H); its dt is
+        # the only OpenMM-unit number here.
         integ = openmm.CustomIntegrator(float(time_to_openmm(dt_fs)))
         integ.addComputePerDof("v", "v+0.5*dt*f/m")
         integ.addComputePerDof("x", "x+dt*v")
         integ.addComputePerDof("v", "v+0.5*dt*f/m")
-        plat = openmm.Platform.getPlatformByName(platform)
-        props = {"Threads": "1"} if platform == "CPU" else {}
-        self._ctx = openmm.Context(system, integ, plat, props)
+        self._ctx = make_context(system, integ, platform, threads=1 if platform == "CPU" else None)
         self._rng = np.random.default_rng(seed)
         self.n_proposed = 0
         self.n_accepted = 0
@@ -74,30 +66,35 @@ class HMCKernel:
         self, x_angstrom: np.ndarray, u0: float | None = None
     ) -> tuple[np.ndarray, bool, float]:
         """One HMC move from x (n, 3) Angstrom; u0: U(x) in eV when the caller knows it."""
-        from openmm import unit
+        from mlsim.openmm._engine import (
+            kinetic_energy,
+            kinetic_energy_of,
+            maxwell_boltzmann,
+            positions_of,
+            potential_energy_of,
+            set_positions,
+            set_velocity_array,
+        )
 
         x = np.asarray(x_angstrom, dtype=np.float64)
-        v = self._rng.standard_normal(x.shape) * np.sqrt(self.kt_kj / self.masses)[:, None]
-        self._ctx.setPositions(positions_to_openmm(x))
-        self._ctx.setVelocities(v)
-        if u0 is None:
-            e0_kj = self._ctx.getState(getEnergy=True).getPotentialEnergy()
-            e0_kj = e0_kj.value_in_unit(unit.kilojoule_per_mole)
-        else:
-            e0_kj = float(u0) * KJ_PER_MOL_PER_EV
-        h0 = e0_kj + 0.5 * (self.masses[:, None] * v**2).sum()
+        set_positions(self._ctx, x)
+        v = maxwell_boltzmann(self.masses, self.temperature, self._rng)
+        set_velocity_array(self._ctx, v)
+        # A known U(x) saves an energy evaluation (the chain passes it on from the last move).
+        e0 = (
+            float(u0) if u0 is not None else potential_energy_of(self._ctx.getState(getEnergy=True))
+        )
+        h0 = e0 + kinetic_energy(self.masses, v)
         self._ctx.getIntegrator().step(self.n_steps)
-        st = self._ctx.getState(getEnergy=True, getPositions=True, getVelocities=True)
-        u1 = st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
-        v1 = st.getVelocities(asNumpy=True).value_in_unit(unit.nanometer / unit.picosecond)
-        h1 = u1 + 0.5 * (self.masses[:, None] * v1**2).sum()
+        st = self._ctx.getState(getEnergy=True, getPositions=True)
+        u1 = potential_energy_of(st)
+        h1 = u1 + kinetic_energy_of(st)
         self.n_proposed += 1
-        log_a = -(h1 - h0) / self.kt_kj
+        log_a = -(h1 - h0) / self.kt
         if np.isfinite(log_a) and np.log(self._rng.random()) < log_a:
             self.n_accepted += 1
-            x1 = positions_from_openmm(st.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
-            return x1, True, float(energy_from_openmm(u1))
-        return x, False, float(energy_from_openmm(e0_kj))
+            return positions_of(st), True, u1
+        return x, False, e0
 
 
 class TargetHMC:

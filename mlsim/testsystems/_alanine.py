@@ -123,12 +123,11 @@ def amber14_system(topology, solvent: str = "vacuum", constraints: str | None = 
 
 def build_alanine_dipeptide_pdb(path: str | os.PathLike = ALANINE_PDB, seed: int = 7) -> Path:
     """Build ACE-ALA-NME with RDKit, name atoms for OpenMM, minimise with Amber14, write a PDB."""
-    import openmm
     from openmm import app
     from rdkit import Chem
     from rdkit.Chem import AllChem
 
-    from mlsim.openmm._engine import make_context, set_positions
+    from mlsim.openmm._engine import make_context, minimize, positions_of, set_positions
 
     mol = Chem.AddHs(Chem.MolFromSmiles(_SMILES))
     if AllChem.EmbedMolecule(mol, randomSeed=seed) != 0:
@@ -163,12 +162,13 @@ def build_alanine_dipeptide_pdb(path: str | os.PathLike = ALANINE_PDB, seed: int
     system = amber14_system(top, "vacuum", "none")
     ctx = make_context(system, None, "Reference")
     set_positions(ctx, pos)
-    openmm.LocalEnergyMinimizer.minimize(ctx, 1e-3, 0)
-    pos_nm = ctx.getState(getPositions=True).getPositions(asNumpy=True)
+    minimize(ctx, 1e-6, 0)
+    # PDBFile.writeFile reads plain numbers as Angstrom.
+    pos_a = positions_of(ctx.getState(getPositions=True))
 
     path = Path(path)
     with atomic_write(path) as fh:
-        app.PDBFile.writeFile(top, pos_nm, fh, keepIds=True)
+        app.PDBFile.writeFile(top, pos_a, fh, keepIds=True)
     return path
 
 

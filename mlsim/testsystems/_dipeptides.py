@@ -17,7 +17,7 @@ import numpy as np
 
 from mlsim._fileio import atomic_write
 from mlsim.testsystems._alanine import ALANINE_PDB, MolecularSystem, amber14_system, pdb_system
-from mlsim.units import positions_from_openmm, positions_to_openmm
+from mlsim.units import positions_to_openmm
 
 __all__ = [
     "DIPEPTIDE_DIR",
@@ -84,10 +84,11 @@ def build_capped_dipeptide_pdb(
     residue: str, path: str | os.PathLike | None = None, seed: int = 7
 ) -> Path:
     """Build ACE-X-NME with RDKit + OpenMM (names from Amber14 templates), minimise, write a PDB."""
-    import openmm
     from openmm import app, unit
     from rdkit import Chem
     from rdkit.Chem import AllChem
+
+    from mlsim.openmm._engine import make_context, minimize, positions_of
 
     res = _residue(residue)
     side, side_names = _SIDE_CHAINS[res]
@@ -118,16 +119,15 @@ def build_capped_dipeptide_pdb(
     modeller = app.Modeller(top, positions_to_openmm(xyz[heavy]) * unit.nanometer)
     modeller.addHydrogens(ff)
     system = amber14_system(modeller.topology, "vacuum", None)
-    ctx = openmm.Context(
-        system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference")
-    )
+    ctx = make_context(system, None, "Reference")
     ctx.setPositions(modeller.positions)
-    openmm.LocalEnergyMinimizer.minimize(ctx, 1e-3, 0)
-    pos_nm = ctx.getState(getPositions=True).getPositions(asNumpy=True)
+    minimize(ctx, 1e-6, 0)
+    # PDBFile.writeFile reads plain numbers as Angstrom.
+    pos_a = positions_of(ctx.getState(getPositions=True))
     out = Path(path) if path is not None else _pdb_path(res)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out) as fh:
-        app.PDBFile.writeFile(modeller.topology, pos_nm, fh, keepIds=True)
+        app.PDBFile.writeFile(modeller.topology, pos_a, fh, keepIds=True)
     return out
 
 
@@ -189,16 +189,10 @@ def set_torsions(
         cos, sin = np.cos(delta), np.sin(delta)
         x[idx] = x[c] + v * cos + np.cross(axis, v) * sin + np.outer(v @ axis, axis) * (1 - cos)
     if system is not None:
-        import openmm
+        from mlsim.openmm._engine import make_context, minimize, positions_of, set_positions
 
-        ctx = openmm.Context(
-            system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference")
-        )
-        ctx.setPositions(positions_to_openmm(x))
-        openmm.LocalEnergyMinimizer.minimize(ctx, 1.0, 200)
-        from openmm import unit
-
-        x = positions_from_openmm(
-            ctx.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-        )
+        ctx = make_context(system, None, "Reference")
+        set_positions(ctx, x)
+        minimize(ctx, 1e-3, 200)
+        x = positions_of(ctx.getState(getPositions=True))
     return x

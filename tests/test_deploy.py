@@ -351,3 +351,41 @@ def test_exported_fast_models_load_in_plain_hosts(tmp_path):
     assert "mlsim_fast::" in result["error_before_load"] or "mlsim::" in result["error_before_load"]
     assert result["mlsim_modules"] == []
     assert_matches_mlsim(result, box)
+
+
+def test_export_cli_fast_keep_kernel_and_skin(tmp_path, capsys):
+    """`mlsim export --fast` writes a fast model that runs in a plain host; --keep-kernel keeps
+    the C++ kernel (the output then says which library to load); --skin reaches the file."""
+    from mlsim.models._fast import kernel_available
+
+    structure = Structure.from_atoms(ase.io.read(ETHANOL_FRAMES, index=2))
+    xyz = tmp_path / "ethanol.xyz"
+    ase.io.write(xyz, structure.to_atoms(), format="xyz")
+    out = tmp_path / "fast.pt"
+    assert main(["export", str(MODEL), "--structure", str(xyz), "-o", str(out), "--fast"]) == 0
+    assert "needs no mlsim" in capsys.readouterr().out
+    assert_matches_mlsim(run_host(out, structure), structure)
+    assert main(["export", str(MODEL), "--structure", str(xyz), "-o", str(out), "--keep-kernel"])
+    assert "--keep-kernel needs --fast" in capsys.readouterr().err
+    assert main(["export", str(MODEL), "--structure", str(xyz), "-o", str(out), "--skin", "-1"])
+    assert "--skin must be >= 0" in capsys.readouterr().err
+    if kernel_available()[0]:
+        kept = tmp_path / "kept.pt"
+        argv = ["export", str(MODEL), "--structure", str(xyz), "-o", str(kept), "--fast"]
+        assert main(argv + ["--keep-kernel"]) == 0
+        assert "load_library" in capsys.readouterr().out and uses_mlsim_ops(kept)
+    base = molecule("CH3CH2OH")
+    box = Structure(
+        numbers=np.tile(base.numbers, 2),
+        positions=np.concatenate([base.positions + 2.5, base.positions + 6.0]),
+        cell=np.eye(3) * 9.0,
+        pbc=True,
+    )
+    path = tmp_path / "box.extxyz"
+    ase.io.write(path, box.to_atoms(), format="extxyz")
+    boxed = tmp_path / "box.pt"
+    assert (
+        main(["export", str(MODEL), "--structure", str(path), "-o", str(boxed), "--skin", "0.3"])
+        == 0
+    )
+    assert torch.jit.load(str(boxed)).skin == pytest.approx(0.3)

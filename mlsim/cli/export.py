@@ -36,6 +36,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["single", "double"],
         help="cast the model (default: its own precision)",
     )
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="export optimize_for_inference(model) (tabulated radial filters, fused kernel; "
+        "same energies to ~1e-6 relative)",
+    )
+    parser.add_argument(
+        "--skin",
+        type=float,
+        default=None,
+        help="neighbor-list skin in Angstrom for periodic systems (default: mlsim's, 0.5)",
+    )
+    parser.add_argument(
+        "--keep-kernel",
+        action="store_true",
+        help="with --fast on a molecule: keep the C++ kernel (several times faster; the host "
+        "must then load mlsim's op library, as the output says)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,13 +71,25 @@ def run(args: argparse.Namespace) -> int:
     if structure.periodic and not structure.pbc.all():
         raise ValueError("OpenMM needs a structure periodic in all three directions, or none")
     dtype = {None: None, "single": torch.float32, "double": torch.float64}[args.precision]
+    if args.keep_kernel and not args.fast:
+        raise ValueError("--keep-kernel needs --fast (only a fast model has a C++ kernel)")
+    if args.skin is not None and not args.skin >= 0:
+        raise ValueError(f"--skin must be >= 0 Angstrom, got {args.skin}")
+    model = args.model
+    if args.fast:
+        from mlsim.models import load_model, optimize_for_inference
+
+        model = optimize_for_inference(load_model(args.model))
+    extra = {} if args.skin is None else {"skin": args.skin}
     out = export_torchforce(
-        args.model,
+        model,
         structure.numbers,
         args.output,
         periodic=structure.periodic,
         outputs_forces=not args.energy_only,
         dtype=dtype,
+        self_contained=not args.keep_kernel,
+        **extra,
     )
     print(
         f"wrote {out}: {len(structure)} atoms, {'periodic' if structure.periodic else 'non-periodic'}"

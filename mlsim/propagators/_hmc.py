@@ -18,7 +18,33 @@ from mlsim.units import KB_EV_PER_K, time_to_openmm
 __all__ = ["HMCKernel", "TargetHMC", "make_hmc"]
 
 
-class HMCKernel:
+class _HMC:
+    """What both HMC kernels share: the random stream, the Metropolis test and its counters."""
+
+    kt: float  # eV
+
+    def _start_chain(self, seed: int) -> None:
+        """Seed the random stream and zero the counters."""
+        self._rng = np.random.default_rng(seed)
+        self.n_proposed = 0
+        self.n_accepted = 0
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Fraction of accepted HMC moves so far."""
+        return self.n_accepted / max(self.n_proposed, 1)
+
+    def _accept(self, h0: float, h1: float) -> bool:
+        """Metropolis test on the change of total energy (eV); counts the move."""
+        self.n_proposed += 1
+        log_a = -(h1 - h0) / self.kt
+        if np.isfinite(log_a) and np.log(self._rng.random()) < log_a:
+            self.n_accepted += 1
+            return True
+        return False
+
+
+class HMCKernel(_HMC):
     """HMC move for positions in Angstrom; `step(x)` returns (x_new, accepted, U(x_new) in eV)."""
 
     def __init__(
@@ -53,14 +79,7 @@ class HMCKernel:
         integ.addComputePerDof("x", "x+dt*v")
         integ.addComputePerDof("v", "v+0.5*dt*f/m")
         self._ctx = make_context(system, integ, platform, threads=1 if platform == "CPU" else None)
-        self._rng = np.random.default_rng(seed)
-        self.n_proposed = 0
-        self.n_accepted = 0
-
-    @property
-    def acceptance_rate(self) -> float:
-        """Fraction of accepted HMC moves so far."""
-        return self.n_accepted / max(self.n_proposed, 1)
+        self._start_chain(seed)
 
     def step(
         self, x_angstrom: np.ndarray, u0: float | None = None
@@ -88,16 +107,12 @@ class HMCKernel:
         self._ctx.getIntegrator().step(self.n_steps)
         st = self._ctx.getState(getEnergy=True, getPositions=True)
         u1 = potential_energy_of(st)
-        h1 = u1 + kinetic_energy_of(st)
-        self.n_proposed += 1
-        log_a = -(h1 - h0) / self.kt
-        if np.isfinite(log_a) and np.log(self._rng.random()) < log_a:
-            self.n_accepted += 1
+        if self._accept(h0, u1 + kinetic_energy_of(st)):
             return positions_of(st), True, u1
         return x, False, e0
 
 
-class TargetHMC:
+class TargetHMC(_HMC):
     """HMC on any target with `energy_forces` (ASE units: Angstrom, eV, amu, fs), in NumPy.
 
     `step(x)` returns (x_new, accepted, U(x_new) in eV), like HMCKernel.
@@ -126,14 +141,7 @@ class TargetHMC:
         # ASE's time unit makes amu * (Angstrom / time)^2 = eV, so F/m is an acceleration.
         self.dt = float(dt_fs) * units.fs
         self.kt = 1.0 / target.beta  # eV
-        self._rng = np.random.default_rng(seed)
-        self.n_proposed = 0
-        self.n_accepted = 0
-
-    @property
-    def acceptance_rate(self) -> float:
-        """Fraction of accepted HMC moves so far."""
-        return self.n_accepted / max(self.n_proposed, 1)
+        self._start_chain(seed)
 
     def step(
         self, x_angstrom: np.ndarray, u0: float | None = None
@@ -153,11 +161,7 @@ class TargetHMC:
             if not np.isfinite(u):
                 break
             v = v + 0.5 * self.dt * f / m
-        h1 = u + 0.5 * (m * v**2).sum()
-        self.n_proposed += 1
-        log_a = -(h1 - h0) / self.kt
-        if np.isfinite(log_a) and np.log(self._rng.random()) < log_a:
-            self.n_accepted += 1
+        if self._accept(h0, u + 0.5 * (m * v**2).sum()):
             return x, True, float(u)
         return x0, False, float(u0)
 

@@ -8,7 +8,8 @@ start-up (spawning workers, a LocalCluster), imports, labelling and shutdown. CP
 process plus its reaped children (the workers, and Dask's worker processes). `busy` is the summed
 time inside the labeller over wall x workers: the fraction of the workers' time spent labelling.
 `cpu s/structure` is the median CPU time of the worker process while it labels one structure
-(what hosting the labeller in that process costs, Dask's housekeeping threads included): unlike
+(what hosting the labeller in that process costs, Dask's housekeeping threads included), and
+`thread_cpu_s_per_structure_median` that of the labelling thread alone (the DFT itself): unlike
 wall time, it hardly moves when other jobs share the machine. The Dask overhead compares it, and
 the wall and CPU times, with the 2-process executor's; the LocalCluster start-up alone is timed
 separately, since on a real cluster it happens once, outside `mlsim label`. With --rounds R the
@@ -71,9 +72,18 @@ class TimedLabeller:
 
         if self._inner is None:
             self._inner = make_labeller(self.method, **self.options)
-        c0 = time.process_time()
+        c0, t0 = time.process_time(), time.thread_time()
         energy, forces, info = self._inner(s)
-        return energy, forces, {**info, "cpu_s": round(time.process_time() - c0, 4)}
+        # thread_s: the labelling thread alone (the DFT itself); cpu_s: the whole process.
+        return (
+            energy,
+            forces,
+            {
+                **info,
+                "cpu_s": round(time.process_time() - c0, 4),
+                "thread_cpu_s": round(time.thread_time() - t0, 4),
+            },
+        )
 
 
 def _cpu_seconds() -> float:
@@ -128,7 +138,11 @@ def run(
         "labels_per_cpu_min": round(60 * len(inputs) / cpu, 2),
         "busy_fraction": round(busy / (wall * slots), 3),
         "worker_cpu_s_per_structure_median": round(worker_cpu, 4),
+        "thread_cpu_s_per_structure_median": round(
+            float(np.median([float(r.info["thread_cpu_s"]) for r in recs])), 4
+        ),
         "_worker_cpu": [float(r.info["cpu_s"]) for r in recs],
+        "_thread_cpu": [float(r.info["thread_cpu_s"]) for r in recs],
         "_busy": busy,
     }
     return row, labels
@@ -150,10 +164,13 @@ def _combine(parts: list[dict]) -> dict:
         labels_per_cpu_min=round(60 * n / sum(p["cpu_s"] for p in parts), 2),
         busy_fraction=round(sum(p["_busy"] for p in parts) / (wall * row["workers"]), 3),
         worker_cpu_s_per_structure_median=round(float(np.median(cpu_per)), 4),
+        thread_cpu_s_per_structure_median=round(
+            float(np.median([c for p in parts for c in p["_thread_cpu"]])), 4
+        ),
         max_abs_energy_diff_eV=max(p["max_abs_energy_diff_eV"] for p in parts),
         max_abs_force_diff_eV_A=max(p["max_abs_force_diff_eV_A"] for p in parts),
     )
-    for key in ("_worker_cpu", "_busy"):
+    for key in ("_worker_cpu", "_thread_cpu", "_busy"):
         row.pop(key)
     return row
 
@@ -171,6 +188,16 @@ def _overhead(base: dict, dsk: dict, cluster_start: float) -> dict:
             100
             * (
                 dsk["worker_cpu_s_per_structure_median"] / base["worker_cpu_s_per_structure_median"]
+                - 1
+            ),
+            1,
+        ),
+        # The labelling thread alone: is the DFT itself slower in a Dask worker, or is the
+        # difference the worker's other threads (event loop, heartbeats, monitors)?
+        "dask_vs_local_thread_cpu_per_structure_percent": round(
+            100
+            * (
+                dsk["thread_cpu_s_per_structure_median"] / base["thread_cpu_s_per_structure_median"]
                 - 1
             ),
             1,
@@ -246,7 +273,8 @@ def main() -> None:
                 print(
                     f"{method:4s} {name:34s} {row['wall_s']:7.1f} s wall {row['cpu_s']:7.1f} s cpu"
                     f" {row['labels_per_min']:9.1f} labels/min  busy {row['busy_fraction']:.2f}"
-                    f"  {row['worker_cpu_s_per_structure_median']:.3f} cpu s/structure",
+                    f"  {row['worker_cpu_s_per_structure_median']:.3f} cpu s/structure"
+                    f" ({row['thread_cpu_s_per_structure_median']:.3f} labelling thread)",
                     flush=True,
                 )
             local, dsk = by_name[CONFIGS[1][0]], by_name[CONFIGS[2][0]]
@@ -287,7 +315,8 @@ def main() -> None:
             f"{method}: Dask vs local processes {o['dask_vs_local_wall_percent']:+.1f}% wall "
             f"({o['dask_vs_local_wall_percent_without_cluster_start']:+.1f}% without the cluster "
             f"start), {o['dask_vs_local_cpu_percent']:+.1f}% CPU, "
-            f"{o['dask_vs_local_worker_cpu_per_structure_percent']:+.1f}% worker CPU per structure"
+            f"{o['dask_vs_local_worker_cpu_per_structure_percent']:+.1f}% worker CPU per structure "
+            f"({o['dask_vs_local_thread_cpu_per_structure_percent']:+.1f}% in the labelling thread)"
         )
     print(f"wrote {args.out}")
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -315,26 +316,41 @@ class TorsionProposal:
         k = np.floor((np.remainder(ang + math.pi, _TWO_PI)) * (m / _TWO_PI)).astype(np.int64)
         return np.clip(k, 0, m - 1)
 
-    def _log_q(self, blocks: np.ndarray, a_from: np.ndarray, a_to: np.ndarray) -> np.ndarray:
-        """log q of moving each row from angles a_from (B, T) to a_to (B, T) with its block."""
-        cur, is_new = a_from.copy(), np.zeros_like(a_from)
-        hidden = self._block_flags[blocks].copy()
-        rows = np.arange(len(blocks))
-        out = np.zeros(len(blocks))
+    def _walk(
+        self, bidx: np.ndarray, cur: np.ndarray, choose: Callable
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Move each row's block torsion by torsion, each conditioned on the ones already moved.
+
+        choose(rows, torsions, log_bins) gives the new angles and their bins; returns the final
+        angles (B, T) (cur is updated in place) and log q of the whole move (B,).
+        """
+        is_new = np.zeros_like(cur)
+        hidden = self._block_flags[bidx].copy()
+        bl = self._blocks[bidx]
+        rows = np.arange(len(bidx))
+        log_q = np.zeros(len(bidx))
         log_width = math.log(_TWO_PI / self._n_bins)
-        bl = self._blocks[blocks]
         for k in range(bl.shape[1]):
             live = bl[:, k] >= 0
             if not live.any():
                 break
             tl, rl = bl[live, k], rows[live]
             lb = self._step_log_bins(tl, cur[rl], is_new[rl], hidden[rl])
-            ang = a_to[rl, tl]
-            out[rl] += lb[np.arange(len(tl)), self._bin(ang)] - log_width
+            ang, b = choose(rl, tl, lb)
+            log_q[rl] += lb[np.arange(len(tl)), b] - log_width
             cur[rl, tl] = ang
             is_new[rl, tl] = 1.0
             hidden[rl, tl] = 0.0
-        return out
+        return cur, log_q
+
+    def _log_q(self, blocks: np.ndarray, a_from: np.ndarray, a_to: np.ndarray) -> np.ndarray:
+        """log q of moving each row from angles a_from (B, T) to a_to (B, T) with its block."""
+
+        def given(rl: np.ndarray, tl: np.ndarray, lb: np.ndarray) -> tuple:
+            ang = a_to[rl, tl]
+            return ang, self._bin(ang)
+
+        return self._walk(blocks, a_from.copy(), given)[1]
 
     def sample_blocks(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """n block indices drawn with the block weights."""
@@ -367,28 +383,17 @@ class TorsionProposal:
         """n proposals from x (n_atoms, 3): (x' (n, n_atoms, 3), log q(x' | x) (n,), blocks (n,))."""
         x = np.asarray(x, dtype=np.float64)
         bidx = self.sample_blocks(n, rng)
-        bl = self._blocks[bidx]
         a0 = self.torsions.angles(x)
-        cur = np.repeat(a0[None], n, axis=0)
-        is_new = np.zeros_like(cur)
-        hidden = self._block_flags[bidx].copy()
         width = _TWO_PI / self._n_bins
-        log_q = np.zeros(n)
-        rows = np.arange(n)
-        for k in range(bl.shape[1]):
-            live = bl[:, k] >= 0
-            if not live.any():
-                break
-            tl, rl = bl[live, k], rows[live]
-            lb = self._step_log_bins(tl, cur[rl], is_new[rl], hidden[rl])
+
+        def draw(rl: np.ndarray, tl: np.ndarray, lb: np.ndarray) -> tuple:
+            # a bin from the histogram, then a uniform angle inside it
             cdf = np.cumsum(np.exp(lb), -1)
             u = rng.random(len(tl)) * cdf[:, -1]
             b = np.minimum((cdf < u[:, None]).sum(-1), self._n_bins - 1)
-            ang = -math.pi + (b + rng.random(len(tl))) * width
-            log_q[rl] += lb[np.arange(len(tl)), b] - math.log(width)
-            cur[rl, tl] = ang
-            is_new[rl, tl] = 1.0
-            hidden[rl, tl] = 0.0
+            return -math.pi + (b + rng.random(len(tl))) * width, b
+
+        cur, log_q = self._walk(bidx, np.repeat(a0[None], n, axis=0), draw)
         delta = np.remainder(cur - a0 + math.pi, _TWO_PI) - math.pi
         return self._rotate(x, delta * self._signs), log_q, bidx
 

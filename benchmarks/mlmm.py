@@ -33,7 +33,8 @@ from mlsim._fileio import write_json, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "mlmm.json"
-ASPIRIN_MODEL = ROOT / "runs" / "aspirin_xtb" / "model" / "model.pt"
+# Shipped copy of runs/aspirin_xtb/model/model.pt, made by examples/mlmm/make_aspirin_model.py.
+ASPIRIN_MODEL = ROOT / "examples" / "mlmm" / "aspirin_xtb_model.pt"
 SHIPPED = ROOT / "examples" / "ethanol" / "model.pt"
 LIGANDS = {"ethanol": "CCO", "aspirin": "CC(=O)Oc1ccccc1C(=O)O"}
 

@@ -5,7 +5,8 @@ No aspirin data set ships with mlsim, so this builds one the way a user with a n
    600 K in OpenMM (`mlsim.learn`'s classical initial sampler; milliseconds per step);
 2. labels: GFN2-xTB energies and forces (tblite), about 0.1 s per frame;
 3. model: PaiNN of the shipped size (train_aspirin.yaml), a fixed CPU-time budget.
-Everything goes to runs/aspirin_xtb/; rerunning skips finished steps and resumes training.
+Everything goes to runs/aspirin_xtb/; rerunning skips finished steps and resumes training. The
+model it made (test force MAE 22.3 meV/A against xTB) ships as examples/mlmm/aspirin_xtb_model.pt.
 
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python examples/mlmm/make_aspirin_model.py
 """

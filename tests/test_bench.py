@@ -159,6 +159,12 @@ def test_quick_bench_writes_report_with_all_sections(
         )
     )
     out = tmp_path / "results"
+    out.mkdir()
+    # md_speed.py --fast merges its section into md_speed.json; a rerun of the part keeps it and
+    # replaces what it measures itself.
+    (out / "md_speed.json").write_text(
+        json.dumps({"alanine_fast": {"status": "ok", "mark": 7}, "alanine": {"stale": True}})
+    )
     cfg = BenchConfig(
         quick=True,
         out_dir=out,
@@ -169,6 +175,9 @@ def test_quick_bench_writes_report_with_all_sections(
         progress=False,
     )
     report = run_bench(cfg)
+    kept = json.loads((out / "md_speed.json").read_text())
+    assert kept["alanine_fast"] == {"status": "ok", "mark": 7}
+    assert "stale" not in kept["alanine"]
     md = (out / "report.md").read_text()
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["sections"].keys() == report["sections"].keys()

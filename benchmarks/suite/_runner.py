@@ -465,6 +465,22 @@ def run_part(
     return sec
 
 
+# Sections other scripts merge into a part's file (md_speed.py --fast writes "alanine_fast"):
+# a rerun of the part keeps them instead of dropping what it does not measure itself.
+_FOREIGN_SECTIONS = ("alanine_fast",)
+
+
+def _kept_sections(path: Path) -> dict[str, Any]:
+    """The sections of an existing results file that its part does not write itself."""
+    if not path.is_file():
+        return {}
+    try:
+        old = json.loads(path.read_text())
+    except ValueError:
+        return {}  # an unreadable old file is replaced whole
+    return {k: old[k] for k in _FOREIGN_SECTIONS if isinstance(old, dict) and k in old}
+
+
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Run the selected parts, write their JSON, then write report.md and report.json; return the report."""
     from suite._report import PEER_BENCHMARKS, collect_peer, render_markdown
@@ -481,7 +497,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     env = _environment(cfg.threads)
     for part in ("accuracy", "md", "cost"):  # md first: cost may time the model md trained
         if part in cfg.only:
-            write_json(cfg.out_dir / f"{PART_FILES[part]}.json", run_part(part, cfg))
+            path = cfg.out_dir / f"{PART_FILES[part]}.json"
+            write_json(path, {**_kept_sections(path), **run_part(part, cfg)})
     # The report is rebuilt from whatever JSON files exist, so `--only cost` keeps older accuracy.
     sections: dict[str, Any] = {}
     for part in PARTS:

@@ -142,6 +142,17 @@ def save_module(
     return path
 
 
+def load_payload(path: str | os.PathLike, fmt: str, what: str) -> tuple[Path, dict]:
+    """Read a file written by save_module; the errors name the file and what was expected."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no {what} at {path}")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise ValueError(f"{path} is not an mlsim {what} file")
+    return path, payload
+
+
 class Propagator(nn.Module):
     """Conditional flow over x' (Angstrom) given x, in internal coordinates relative to x.
 
@@ -266,12 +277,7 @@ class Propagator(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike) -> Propagator:
         """Load a propagator written by :meth:`save` (or a training checkpoint)."""
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"no propagator model at {path}")
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not an mlsim propagator file")
+        path, payload = load_payload(path, _FORMAT, "propagator model")
         model = cls(PropagatorConfig(**payload["config"]))
         # Keep the stored precision (load_state_dict would cast into float32 parameters).
         dtype = next(v.dtype for v in payload["state_dict"].values() if v.is_floating_point())

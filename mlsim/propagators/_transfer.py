@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mlsim.propagators._model import save_module
+from mlsim.propagators._model import load_payload, save_module
 from mlsim.propagators._torsions import FEATURE_VERSION, SHARE_ATOM, TorsionSet, torsion_set
 
 __all__ = ["TorsionProposal", "TransferConfig", "TransferPropagator", "train_transfer"]
@@ -186,12 +186,7 @@ class TransferPropagator(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike) -> TransferPropagator:
         """Load a model written by :meth:`save`."""
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"no transfer propagator at {path}")
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-        if not is_transfer_file(payload):
-            raise ValueError(f"{path} is not an mlsim transfer propagator file")
+        path, payload = load_payload(path, _FORMAT, "transfer propagator")
         cfg = TransferConfig(**payload["config"])
         if cfg.feature_version != FEATURE_VERSION:
             raise ValueError(

@@ -254,19 +254,12 @@ def test_protein_ligand_build(tmp_path, cache, protein_ff, strip):
 @needs_ambertools
 def test_committee_monitor_sees_only_the_ml_atoms(tmp_path, cache):
     """An ensemble as the ML model: uncertainty.csv from the ligand's atoms inside the ML/MM box."""
-    from mlsim.models import Ensemble, PaiNNModel
+    from mlsim.models import Ensemble, load_model
     from mlsim.openmm import run_mlmm
 
-    torch.manual_seed(0)
-    # Random members with a tiny energy scale: forces far below thermal ones, so the ligand stays
-    # intact through the short equilibration whatever the seed (only the plumbing is tested).
-    members = [
-        PaiNNModel(
-            [1, 6, 8], cutoff=4.0, features=8, num_interactions=1, energy_scale=1e-4
-        ).double()
-        for _ in range(2)
-    ]
-    committee = torch.jit.script(Ensemble(members).eval())
+    # Two copies of the shipped ethanol model: a committee that holds the ligand together (random
+    # members leave it unbonded, and its O then falls onto a water hydrogen within a few steps).
+    committee = torch.jit.script(Ensemble([load_model(MODEL), load_model(MODEL)]).eval())
     setup = build_mlmm_system(
         committee, write_sdf(tmp_path / "eth.sdf", "CCO"), cache_dir=cache, progress=False
     )
@@ -278,12 +271,14 @@ def test_committee_monitor_sees_only_the_ml_atoms(tmp_path, cache):
         npt_ps=0.0,
         max_minimize_steps=20,
         report_interval=10,
-        geometry_check=False,  # random members: only the plumbing is tested
         progress=False,
         seed=1,
     )
     rows = (res.log.parent / "uncertainty.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[0].startswith("#")
+    # identical members: no spread on any ML atom, whatever the water around them does
+    values = np.array([[float(v) for v in r.split(",")[2:]] for r in rows[1:]])
+    assert np.all(values[:, [0, 1, 3]] == 0.0) and np.all(values[:, 2] < 9)
 
 
 @needs_ambertools

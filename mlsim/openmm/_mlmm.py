@@ -397,6 +397,7 @@ def equilibrate(
     report_interval: int = 500,
     check_interval: int = 100,
     verbose: bool = True,
+    geometry_check: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Minimise, then NVT for nvt_ps and NPT (Monte Carlo barostat) for npt_ps; (positions, cell) A.
 
@@ -405,7 +406,8 @@ def equilibrate(
     force left (eV/Angstrom): at most max_minimize_steps L-BFGS iterations of the all-MM system, then
     ml_minimize_steps of the ML/MM one (kept only if the ligand's bonds survive them). Every
     check_interval steps the ML ligand's bonds (from the input file) and the energy are checked:
-    SimulationBlowUp names the stage, as run_md does in production.
+    SimulationBlowUp names the stage, as run_md does in production; geometry_check=False keeps
+    only the energy check (run_mlmm passes run_md's geometry_check through).
     """
     import openmm
     from openmm import unit
@@ -438,11 +440,12 @@ def equilibrate(
     ml = np.asarray(setup.ml_atoms if setup.model is not None else [], dtype=int)
     # The ligand's bonds as the input file has them; the ML model must keep them through
     # minimisation and equilibration (production checks them again in run_md).
+    # geometry_check=False (as run_md's) leaves only the NaN-energy check.
     guard = (
         GeometryGuard.from_structure(
             setup.numbers[ml], setup.positions[ml], setup.cell, True, min_distance=0.5
         )
-        if ml.size
+        if ml.size and geometry_check
         else None
     )
 
@@ -633,6 +636,7 @@ def run_mlmm(
             platform=platform,
             seed=seed,
             verbose=True,
+            geometry_check=md_args.get("geometry_check", True),
         )
         write_json(
             out / "setup.json",

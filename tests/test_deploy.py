@@ -124,6 +124,18 @@ def assert_matches_mlsim(result: dict, structure: Structure) -> None:
     assert np.abs(f_ref).max() > 0.1  # a real test geometry, not a zero-force one
 
 
+def _ethanol_box(mirror: tuple[int, int, int] | None = None, offset: float = 6.0) -> Structure:
+    """Two ethanols in a 9 A periodic box; the second shifted by `offset` A (and mirrored)."""
+    base = molecule("CH3CH2OH")
+    second = base.positions if mirror is None else base.positions @ np.diag(mirror)
+    return Structure(
+        numbers=np.tile(base.numbers, 2),
+        positions=np.concatenate([base.positions + 2.5, second + offset]),
+        cell=np.eye(3) * 9.0,
+        pbc=True,
+    )
+
+
 def test_exported_molecule_runs_without_mlsim(tmp_path, capsys):
     structure = Structure.from_atoms(ase.io.read(ETHANOL_FRAMES, index=0))
     assert not structure.periodic
@@ -142,11 +154,7 @@ def test_exported_molecule_runs_without_mlsim(tmp_path, capsys):
 
 
 def test_exported_periodic_system_runs_with_only_the_op_library(tmp_path, capsys):
-    base = molecule("CH3CH2OH")
-    positions = np.concatenate([base.positions + 2.5, base.positions @ np.diag([-1, 1, 1]) + 6.5])
-    structure = Structure(
-        numbers=np.tile(base.numbers, 2), positions=positions, cell=np.eye(3) * 9.0, pbc=True
-    )
+    structure = _ethanol_box(mirror=(-1, 1, 1), offset=6.5)
     path = tmp_path / "box.extxyz"
     ase.io.write(path, structure.to_atoms(), format="extxyz")
     out = tmp_path / "box_openmm.pt"
@@ -280,13 +288,7 @@ def test_cpp_host_without_python_runs_exported_files(tmp_path):
     linked = subprocess.run(["ldd", str(exe)], capture_output=True, text=True).stdout
     assert "libpython" not in linked and "libtorch_python" not in linked
     molecule_structure = Structure.from_atoms(ase.io.read(ETHANOL_FRAMES, index=0))
-    base = molecule("CH3CH2OH")
-    box = Structure(
-        numbers=np.tile(base.numbers, 2),
-        positions=np.concatenate([base.positions + 2.5, base.positions + 6.0]),
-        cell=np.eye(3) * 9.0,
-        pbc=True,
-    )
+    box = _ethanol_box()
     for name, structure, library in (
         ("molecule", molecule_structure, "-"),
         ("box", box, ops_library_path()),
@@ -333,15 +335,7 @@ def test_exported_fast_models_load_in_plain_hosts(tmp_path):
     kept = export_torchforce(fast, structure.numbers, tmp_path / "kept.pt", self_contained=False)
     assert uses_mlsim_ops(kept)
 
-    base = molecule("CH3CH2OH")
-    box = Structure(
-        numbers=np.tile(base.numbers, 2),
-        positions=np.concatenate(
-            [base.positions + 2.5, base.positions @ np.diag([1, -1, 1]) + 6.5]
-        ),
-        cell=np.eye(3) * 9.0,
-        pbc=True,
-    )
+    box = _ethanol_box(mirror=(1, -1, 1), offset=6.5)
     out = export_torchforce(fast, box.numbers, tmp_path / "fast_box.pt", periodic=True)
     assert uses_mlsim_ops(out)
     with zipfile.ZipFile(out) as archive:  # the kernel is in the file, not its TorchScript twin
@@ -374,13 +368,7 @@ def test_export_cli_fast_keep_kernel_and_skin(tmp_path, capsys):
         argv = ["export", str(MODEL), "--structure", str(xyz), "-o", str(kept), "--fast"]
         assert main(argv + ["--keep-kernel"]) == 0
         assert "load_library" in capsys.readouterr().out and uses_mlsim_ops(kept)
-    base = molecule("CH3CH2OH")
-    box = Structure(
-        numbers=np.tile(base.numbers, 2),
-        positions=np.concatenate([base.positions + 2.5, base.positions + 6.0]),
-        cell=np.eye(3) * 9.0,
-        pbc=True,
-    )
+    box = _ethanol_box()
     path = tmp_path / "box.extxyz"
     ase.io.write(path, box.to_atoms(), format="extxyz")
     boxed = tmp_path / "box.pt"
